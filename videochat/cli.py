@@ -26,7 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videochat", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="videochat",
+        description="videochat: build interleaved video-text datasets, train video chat models, chat about videos.",
+    )
     parser.add_argument("--version", action="version", version="videochat " + _version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     registered: set[str] = set()
