@@ -32,15 +32,12 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version="videochat " + _version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    registered: set[str] = set()
-    for name, (module, help_text) in COMMANDS.items():
-        if name == command and name not in registered:
-            mod = importlib.import_module(module)
-            before = set(sub.choices)
-            mod.register(sub)
-            registered |= set(sub.choices) - before
-        elif name not in registered and name not in sub.choices:
-            sub.add_parser(name, help=help_text)
+    if command in COMMANDS:
+        # The running command's module registers its real parser(s) first (one module may own several).
+        importlib.import_module(COMMANDS[command][0]).register(sub)
+    for name, (_module, help_text) in COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=help_text)  # listed in --help; imported only when it runs
     return parser
 
 
@@ -53,7 +50,7 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command if command in COMMANDS else None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if args.command is None or not hasattr(args, "func"):
         parser.print_help()
