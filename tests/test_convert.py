@@ -90,22 +90,32 @@ def test_hf_vision_width_mismatch_keeps_cross_kv_at_init(tmp_path):
                        hf.qformer.encoder.layer[0].crossattention.attention.query.weight)
 
 
-def _lavis_state_dict(use_text: bool, width=64, llm_hidden=64, extra=8, seed=0):
-    """A random VideoChat2 stage-3 style state dict, key names written out here by hand (LAVIS BertModel)."""
+def _videochat2_state_dict(use_text: bool, width=64, llm_hidden=64, extra=8, seed=0, llm="llama", stage=3):
+    """A random VideoChat2 checkpoint, key names written out here by hand as Ask-Anything's models name them
+    (`video_chat2/models/videochat2_it.py`: `self.qformer, self.query_tokens = self.init_Qformer(...)`, a LAVIS
+    BertLMHeadModel; `self.{llm}_proj`; `self.vision_layernorm`). stage=1: `videochat2_qformer.py` (no LLM,
+    no extra queries, contrastive heads, the Q-Former's LM head)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    sd = {"query_tokens": r(1, 8, H), "extra_query_tokens": r(1, extra, H),
+    sd = {"query_tokens": r(1, 8, H),
           "vision_layernorm.weight": r(width), "vision_layernorm.bias": r(width),
-          "llama_proj.weight": r(llm_hidden, H), "llama_proj.bias": r(llm_hidden),
-          "Qformer.bert.embeddings.LayerNorm.weight": r(H), "Qformer.bert.embeddings.LayerNorm.bias": r(H),
-          "Qformer.bert.embeddings.position_ids": torch.arange(POS)[None],
-          "vision_encoder.blocks.0.attn.qkv.weight": r(3, 4),  # UMT: skipped
-          "llama_model.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": r(2, 4)}  # skipped
+          "qformer.bert.embeddings.LayerNorm.weight": r(H), "qformer.bert.embeddings.LayerNorm.bias": r(H),
+          "qformer.bert.embeddings.position_ids": torch.arange(POS)[None],
+          "vision_encoder.blocks.0.attn.qkv.weight": r(3, 4)}  # UMT: skipped
+    if stage == 1:
+        sd.update({"temp": r(()), "vision_temp_embed": r(1, 4, 1, width), "vision_proj.weight": r(16, H),
+                   "vision_proj.bias": r(16), "text_proj.weight": r(16, H), "text_proj.bias": r(16),
+                   "itm_head.weight": r(2, H), "itm_head.bias": r(2), "qformer.cls.predictions.bias": r(VOCAB),
+                   "qformer.cls.predictions.transform.dense.weight": r(H, H)})
+    else:
+        sd.update({"extra_query_tokens": r(1, extra, H),
+                   f"{llm}_proj.weight": r(llm_hidden, H), f"{llm}_proj.bias": r(llm_hidden),
+                   f"{llm}_model.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": r(2, 4)})
     if use_text:
-        sd["Qformer.bert.embeddings.word_embeddings.weight"] = r(VOCAB, H)
-        sd["Qformer.bert.embeddings.position_embeddings.weight"] = r(POS, H)
+        sd["qformer.bert.embeddings.word_embeddings.weight"] = r(VOCAB, H)
+        sd["qformer.bert.embeddings.position_embeddings.weight"] = r(POS, H)
     for i in range(LAYERS):
-        p = f"Qformer.bert.encoder.layer.{i}."
+        p = f"qformer.bert.encoder.layer.{i}."
         mods = {"attention.self.query": (H, H), "attention.self.key": (H, H), "attention.self.value": (H, H),
                 "attention.output.dense": (H, H), "intermediate_query.dense": (128, H), "output_query.dense": (H, 128)}
         lns = ["attention.output.LayerNorm", "output_query.LayerNorm"]
@@ -123,24 +133,98 @@ def _lavis_state_dict(use_text: bool, width=64, llm_hidden=64, extra=8, seed=0):
     return sd
 
 
-@pytest.mark.parametrize("use_text", [False, True])
-def test_videochat2_checkpoint_loads_every_tensor(tmp_path, use_text):
-    sd = _lavis_state_dict(use_text)
+def _lavis_alias(sd):
+    """The same tensors as a LAVIS BLIP-2 / VideoChat-v1 file names them (`self.Qformer`, `self.ln_vision`)."""
+    ren = {"qformer.": "Qformer.", "vision_layernorm.": "ln_vision.", "vision_encoder.": "visual_encoder."}
+    out = {}
+    for k, v in sd.items():
+        for a, b in ren.items():
+            if k.startswith(a):
+                k = b + k[len(a):]
+        out[k] = v
+    return out
+
+
+def _check_loaded(m, sd, use_text, proj="llama_proj"):
+    qf = m.projector.qformer
+    assert torch.equal(m.projector.proj.weight, sd[f"{proj}.weight"])
+    assert torch.equal(m.projector.extra_query_tokens, sd["extra_query_tokens"])
+    assert torch.equal(m.projector.query_tokens, sd["query_tokens"])
+    assert torch.equal(qf.encoder.layer[0].crossattention.attention.key.weight,
+                       sd["qformer.bert.encoder.layer.0.crossattention.self.key.weight"])
+    assert torch.equal(qf.encoder.layer[1].output_query.LayerNorm.bias,
+                       sd["qformer.bert.encoder.layer.1.output_query.LayerNorm.bias"])
+    emb_ln = qf.embeddings.layernorm if use_text else qf.layernorm
+    assert torch.equal(emb_ln.weight, sd["qformer.bert.embeddings.LayerNorm.weight"])
+    if use_text:
+        assert torch.equal(qf.embeddings.word_embeddings.weight, sd["qformer.bert.embeddings.word_embeddings.weight"])
+        assert torch.equal(qf.encoder.layer[1].output.dense.weight,
+                           sd["qformer.bert.encoder.layer.1.output.dense.weight"])
+
+
+@pytest.mark.parametrize("use_text,llm", [(False, "llama"), (True, "llama"), (False, "mistral"), (True, "phi")])
+def test_videochat2_checkpoint_loads_every_tensor(tmp_path, use_text, llm):
+    sd = _videochat2_state_dict(use_text, llm=llm)
     torch.save({"model": sd}, tmp_path / "vc2.pth")
     m = videochat_tiny(qformer={"init": str(tmp_path / "vc2.pth"), "use_instruction": use_text})
-    qf = m.projector.qformer
+    _check_loaded(m, sd, use_text, proj=f"{llm}_proj")
     assert torch.equal(m.vision_ln.weight, sd["vision_layernorm.weight"])
-    assert torch.equal(m.projector.proj.weight, sd["llama_proj.weight"])
-    assert torch.equal(m.projector.extra_query_tokens, sd["extra_query_tokens"])
-    assert torch.equal(qf.encoder.layer[0].crossattention.attention.key.weight,
-                       sd["Qformer.bert.encoder.layer.0.crossattention.self.key.weight"])
-    assert torch.equal(qf.encoder.layer[1].output_query.LayerNorm.bias,
-                       sd["Qformer.bert.encoder.layer.1.output_query.LayerNorm.bias"])
-    emb_ln = qf.embeddings.layernorm if use_text else qf.layernorm
-    assert torch.equal(emb_ln.weight, sd["Qformer.bert.embeddings.LayerNorm.weight"])
-    if use_text:
-        assert torch.equal(qf.embeddings.word_embeddings.weight, sd["Qformer.bert.embeddings.word_embeddings.weight"])
-        assert torch.equal(qf.encoder.layer[1].output.dense.weight, sd["Qformer.bert.encoder.layer.1.output.dense.weight"])
+
+
+def test_lavis_videochat_v1_alias_names_load_the_same(tmp_path):
+    sd = _videochat2_state_dict(False)
+    torch.save(_lavis_alias(sd), tmp_path / "v1.pth")
+    m = videochat_tiny()
+    report = load_qformer_init(m, tmp_path / "v1.pth")
+    _check_loaded(m, sd, False)
+    assert torch.equal(m.vision_ln.bias, sd["vision_layernorm.bias"]) and report.reinitialized == []
+    assert any("EVA vision encoder" in r for r in report.skipped)
+    with pytest.raises(ConversionError, match="both qformer.bert.embeddings.LayerNorm.bias"):
+        videochat2_to_ours({**sd, "Qformer.bert.embeddings.LayerNorm.bias": torch.zeros(H)}, False)
+
+
+def test_stage3_file_without_frozen_vision_layernorm_keeps_it_at_init(tmp_path, caplog):
+    sd = {k: v for k, v in _videochat2_state_dict(True).items() if not k.startswith("vision_layernorm.")}
+    torch.save({"model": sd}, tmp_path / "st3.pth")
+    m = videochat_tiny(qformer={"use_instruction": True})
+    before = m.vision_ln.weight.detach().clone()
+    with caplog.at_level("WARNING", logger="videochat.convert"):
+        report = load_qformer_init(m, tmp_path / "st3.pth")
+    assert report.reinitialized == ["vision_ln.bias", "vision_ln.weight"]
+    assert torch.equal(m.vision_ln.weight, before) and "vision_ln.weight" in caplog.text
+    _check_loaded(m, sd, True)
+
+
+def test_stage1_file_needs_proj_skip_and_keeps_extra_queries_at_init(tmp_path):
+    sd = _videochat2_state_dict(True, stage=1)
+    torch.save({"model": sd}, tmp_path / "st1.pth")
+    with pytest.raises(ConversionError, match=r"missing \(2\).*projector.proj.*init_skip=\[proj\]"):
+        videochat_tiny(qformer={"init": str(tmp_path / "st1.pth"), "use_instruction": True})
+    m = videochat_tiny(qformer={"init": str(tmp_path / "st1.pth"), "use_instruction": True, "init_skip": ["proj"]})
+    assert torch.equal(m.projector.extra_query_tokens, torch.zeros_like(m.projector.extra_query_tokens))
+    assert torch.equal(m.projector.qformer.encoder.layer[1].output.dense.bias,
+                       sd["qformer.bert.encoder.layer.1.output.dense.bias"])
+    report = load_qformer_init(videochat_tiny(qformer={"use_instruction": True}), tmp_path / "st1.pth", skip=["proj"])
+    assert sorted(report.reinitialized) == ["projector.extra_query_tokens", "projector.proj.bias",
+                                            "projector.proj.weight"]
+    assert report.skipped["VideoChat2 stage-1 contrastive / matching heads (unused for chat)"] == 8
+    assert report.skipped["Q-Former language-model head (unused for chat)"] == 2
+
+
+def test_projection_for_another_llm_width_is_refused_with_a_hint_or_skipped(tmp_path):
+    sd = _videochat2_state_dict(False, llm_hidden=4096)  # llama_proj [4096, 768] vs e.g. a Qwen LLM
+    torch.save({"model": sd}, tmp_path / "vc2.pth")
+    m = videochat_tiny()
+    with pytest.raises(ConversionError, match=r"projector.proj.weight: source \(4096, 64\).*init_skip=\[proj\]"):
+        load_qformer_init(m, tmp_path / "vc2.pth")
+    before = m.projector.proj.weight.detach().clone()
+    report = load_qformer_init(m, tmp_path / "vc2.pth", skip=("proj",))
+    assert torch.equal(m.projector.proj.weight, before)
+    assert report.skipped["proj (qformer.init_skip)"] == 2
+    assert report.reinitialized == ["projector.proj.bias", "projector.proj.weight"]
+    assert torch.equal(m.projector.query_tokens, sd["query_tokens"])
+    with pytest.raises(ValueError, match="unknown part.*'llm'"):
+        load_qformer_init(m, tmp_path / "vc2.pth", skip=("llm",))
 
 
 @pytest.mark.parametrize("use_text", [False, True])
@@ -152,26 +236,24 @@ def test_round_trips(use_text):
     hf_part = {k: v for k, v in ours.items() if k.startswith("projector.qformer.") or k == "projector.query_tokens"}
     back, _ = hf_to_ours(ours_to_hf(hf_part, use_text), use_text)
     assert back.keys() == hf_part.keys()
-    # and the LAVIS layout generated by hand equals our reverse map's key set
-    lavis = {k for k in _lavis_state_dict(use_text) if not k.startswith(("vision_encoder.", "llama_model."))}
-    assert set(ours_to_videochat2(ours, use_text)) == lavis - {"Qformer.bert.embeddings.position_ids"}
+    # and the VideoChat2 layout generated by hand equals our reverse map's key set
+    vc2 = {k for k in _videochat2_state_dict(use_text) if not k.startswith(("vision_encoder.", "llama_model."))}
+    assert set(ours_to_videochat2(ours, use_text)) == vc2 - {"qformer.bert.embeddings.position_ids"}
+    assert "mistral_proj.weight" in ours_to_videochat2(ours, use_text, llm="mistral")
 
 
 def test_strict_failures(tmp_path):
-    sd = _lavis_state_dict(False)
-    with pytest.raises(ConversionError, match="unknown key.*Qformer.bert.pooler.dense.weight"):
-        videochat2_to_ours({**sd, "Qformer.bert.pooler.dense.weight": torch.zeros(1)}, False)
+    sd = _videochat2_state_dict(False)
+    with pytest.raises(ConversionError, match="unknown key.*qformer.bert.pooler.dense.weight"):
+        videochat2_to_ours({**sd, "qformer.bert.pooler.dense.weight": torch.zeros(1)}, False)
+    with pytest.raises(ConversionError, match="unknown key.*vision_encoder_extra.w"):  # prefixes are explicit
+        videochat2_to_ours({**sd, "vision_encoder_extra.w": torch.zeros(1)}, False)
     m = videochat_tiny()
     missing = dict(sd)
-    missing.pop("Qformer.bert.encoder.layer.1.attention.self.key.bias")
+    missing.pop("qformer.bert.encoder.layer.1.attention.self.key.bias")
     torch.save(missing, tmp_path / "missing.pth")
     with pytest.raises(ConversionError, match=r"missing \(1\).*layer.1.attention.attention.key.bias"):
         load_qformer_init(m, tmp_path / "missing.pth")
-    wrong = dict(sd)
-    wrong["llama_proj.weight"] = torch.zeros(4096, H)  # another LLM width
-    torch.save({"model": wrong}, tmp_path / "wrong.pth")
-    with pytest.raises(ConversionError, match="projector.proj.weight: source \\(4096, 64\\)"):
-        load_qformer_init(m, tmp_path / "wrong.pth")
     with pytest.raises(FileNotFoundError):
         load_qformer_init(m, tmp_path / "absent.pth")
 
@@ -179,7 +261,7 @@ def test_strict_failures(tmp_path):
 def test_videochat2_file_with_pickled_objects_is_refused_with_a_recipe(tmp_path):
     import argparse
 
-    sd = _lavis_state_dict(False)
+    sd = _videochat2_state_dict(False)
     # a training checkpoint that also pickles a config object (argparse.Namespace stands in for its EasyDict)
     torch.save({"model": sd, "config": argparse.Namespace(lr=1e-4)}, tmp_path / "train.pth")
     with pytest.raises(ConversionError, match="weights_only"):

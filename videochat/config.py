@@ -109,6 +109,9 @@ class QFormerConfig:
     """Initial weights: an HF BLIP-2 / InstructBLIP folder, or a VideoChat2 checkpoint file; None = random."""
     init_format: str = "auto"
     """How to read `init`: auto | hf | videochat2."""
+    init_skip: list[str] = field(default_factory=list)
+    """Parts of `init` not loaded, kept at their initialisation (listed as re-initialised): any of proj
+    (e.g. a VideoChat2 `llama_proj` [4096, 768] with another LLM width), vision_ln, extra_query_tokens."""
 
     @property
     def tokens_per_clip(self) -> int:

@@ -12,10 +12,14 @@ so the prompt the model is served is exactly a prefix of what it was trained on 
 - Text is split into pieces at clip slots and turn boundaries; each piece is tokenized on its own, as if
   it followed a special token (so sentencepiece tokenizers add no spurious prefix space), and the ids are
   concatenated. Identical histories therefore give identical id prefixes.
+- Message text (user, system, assistant) never produces special ids: a special-token string in it (`</s>`,
+  `<|im_end|>` ...) is tokenized as plain text (`split_special_tokens=True`), so a user cannot forge a turn;
+  the markers the template inserts stay special.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -279,26 +283,61 @@ def render(
     return Rendered(ids, labels, slots, stop_s, stop_ids, name)
 
 
+def _forged_segments(text: str, content: list[tuple[int, int]], specials: "re.Pattern | None"):
+    """Split `text` into [(segment, plain)]: special-token strings overlapping message content are `plain`
+    (tokenized as text); template markers outside content stay special. Scans like the tokenizer matches
+    added tokens: leftmost, longest first."""
+    if not content or specials is None:
+        return [(text, False)]
+    out, at = [], 0
+    for m in specials.finditer(text):
+        if any(a < m.end() and m.start() < b for a, b in content):
+            out += [(text[at:m.start()], False), (m.group(), True)]
+            at = m.end()
+    out.append((text[at:], False))
+    return [seg for seg in out if seg[0]]
+
+
+def _special_pattern(tok) -> "re.Pattern | None":
+    strings = _t._special_strings(tok)  # longest first, so the alternation prefers the longest match
+    return re.compile("|".join(map(re.escape, strings))) if strings else None
+
+
 def _tokenize(P: _t.Pieces, tok, ph: str, ph_id: int, tokens_per_clip: int):
     texts = [it[1] for it in P.items if it[0] == "text"]
     for t in texts:
         if ph in t:
             raise ConversationError(f"message text contains the placeholder token {ph!r}")
-    # Prefix each piece with the placeholder so it is tokenized as if it followed a special token
+    # Message text may contain special-token strings (`</s>`, `<|im_end|>` ...): those are tokenized as plain
+    # text (split_special_tokens), so a user cannot forge a turn marker; the template's own markers, outside
+    # the content ranges, still become their special ids. Pieces without such strings tokenize as one.
+    specials = _special_pattern(tok)
+    segs = [_forged_segments(it[1], it[3], specials) for it in P.items if it[0] == "text"]
+    flat = [s for piece in segs for s, plain in piece if not plain]
+    # Prefix each segment with the placeholder so it is tokenized as if it followed a special token
     # (no sentencepiece dummy prefix mid-conversation), then drop that first id.
-    enc = tok([ph + t for t in texts], add_special_tokens=False)["input_ids"] if texts else []
+    enc = iter(tok([ph + t for t in flat], add_special_tokens=False)["input_ids"] if flat else [])
+    ph_plain = tok(ph, add_special_tokens=False, split_special_tokens=True)["input_ids"] if len(flat) < sum(
+        len(piece) for piece in segs) else []
     ids: list[int] = []
     labels: list[int] = []
     slots: list[ClipSlot] = []
     k = 0
     for it in P.items:
         if it[0] == "text":
-            e = enc[k]
+            for seg, plain in segs[k]:
+                if plain:  # after the placeholder as plain text too, when that leaves its ids intact
+                    e = tok(ph + seg, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                    e = e[len(ph_plain):] if e[:len(ph_plain)] == ph_plain else \
+                        tok(seg, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                else:
+                    e = next(enc)
+                    if not e or e[0] != ph_id or ph_id in e[1:]:
+                        raise RuntimeError(f"unexpected tokenization of a text piece {seg!r:.60}")
+                    e = e[1:]
+                ids.extend(e)
+                labels.extend(e if it[2] else [IGNORE_INDEX] * len(e))
             k += 1
-            if not e or e[0] != ph_id or ph_id in e[1:]:
-                raise RuntimeError(f"unexpected tokenization of a text piece {it[1]!r:.60}")
-            ids.extend(e[1:])
-            labels.extend(e[1:] if it[2] else [IGNORE_INDEX] * (len(e) - 1))
         elif it[0] == "clip":
             slots.append(ClipSlot(it[1], len(ids), tokens_per_clip))
             ids.extend([ph_id] * tokens_per_clip)

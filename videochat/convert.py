@@ -4,19 +4,25 @@ Sources:
 1. an HF BLIP-2 / InstructBLIP folder (safetensors, or `pytorch_model*.bin` read with weights_only=True):
    `qformer.*` and `query_tokens` are loaded; `vision_model.*`, `language_model.*`, `language_projection.*`
    are deliberately skipped (another vision encoder / LLM) and listed in the report.
-2. a VideoChat2 checkpoint (LAVIS `Qformer.bert.*`, `query_tokens`, `extra_query_tokens`,
-   `vision_layernorm.*`, `llama_proj.*`; `{"model": sd}` or a bare sd; `torch.load(weights_only=True)`):
-   `vision_encoder.*` (UMT) and `llama_model.*` (its LLM + LoRA) are skipped and listed.
+2. a VideoChat2 checkpoint (Ask-Anything `video_chat2/models/videochat2_it.py`, `videochat2_qformer.py`,
+   `videochat_mistra/`, `videochat_phi/`: `self.qformer, self.query_tokens = self.init_Qformer(...)`), so
+   `qformer.bert.*`, `query_tokens`, `extra_query_tokens`, `vision_layernorm.*` and the projection
+   `llama_proj.*` | `mistral_proj.*` | `phi_proj.*`; `{"model": sd}` or a bare sd; weights_only=True.
+   LAVIS / VideoChat-v1 files spell the Q-Former `Qformer.*` (and the vision LayerNorm `ln_vision.*`): aliases.
+   `vision_encoder.*` / `visual_encoder.*` (UMT / EVA), `{llama,mistral,phi}_model.*` (their LLM + LoRA) and the
+   stage-1 contrastive heads are skipped by explicit prefix and listed.
 
-Target names are `VideoChatModel` state-dict names: `projector.qformer.*` (BLIP-2 layout, or InstructBLIP
-layout when `qformer.use_instruction`), `projector.query_tokens`, `projector.extra_query_tokens`,
-`projector.proj.*`, `vision_ln.*`. With a BLIP-2 (queries-only) target the text branch of a source
-(word/position embeddings, per-layer `intermediate` / `output`) is skipped and listed.
+Targets are `VideoChatModel` names: `projector.qformer.*` (BLIP-2, or InstructBLIP layout when
+`qformer.use_instruction`; else a source's text branch is skipped and listed), `projector.query_tokens`,
+`projector.extra_query_tokens`, `projector.proj.*`, `vision_ln.*`.
 
 Strict: a key that is neither mapped nor under a listed skip prefix raises `ConversionError` with the list;
-so do missing target keys and shape mismatches. One listed exception: a BLIP-2 / InstructBLIP folder whose
-vision width (EVA ViT-g: 1408) differs from ViCLIP's cannot give the cross-attention key/value projections;
-those are kept at their initialisation and named in `ConversionReport.reinitialized`.
+so do missing target keys and shape mismatches. Listed exceptions, kept at their initialisation and named in
+`ConversionReport.reinitialized` (with a log line):
+- an HF folder whose vision width (EVA ViT-g: 1408) differs from ViCLIP's: the cross-attention key/value inputs;
+- a VideoChat2 file without `vision_layernorm.*` (stage 2/3 freeze it and VideoChat2's saver drops
+  requires_grad=False parameters) or without `extra_query_tokens` (stage-1 `videochat2_qformer.py` has none);
+- the parts named in `skip` / `qformer.init_skip` (e.g. "proj" when the source projects into another LLM width).
 """
 
 from __future__ import annotations
@@ -71,10 +77,10 @@ HF_LAYER_MODULES: dict[str, str] = {v: v for v in LAVIS_LAYER_MODULES.values()}
 # Embeddings: source key -> (target for a BLIP-2 target, target for an InstructBLIP target).
 # None = the BLIP-2 (queries-only) layout has no such parameter: skipped as text branch.
 LAVIS_EMBEDDINGS: dict[str, tuple[str | None, str]] = {
-    "Qformer.bert.embeddings.LayerNorm.weight": ("qformer.layernorm.weight", "qformer.embeddings.layernorm.weight"),
-    "Qformer.bert.embeddings.LayerNorm.bias": ("qformer.layernorm.bias", "qformer.embeddings.layernorm.bias"),
-    "Qformer.bert.embeddings.word_embeddings.weight": (None, "qformer.embeddings.word_embeddings.weight"),
-    "Qformer.bert.embeddings.position_embeddings.weight": (None, "qformer.embeddings.position_embeddings.weight"),
+    "qformer.bert.embeddings.LayerNorm.weight": ("qformer.layernorm.weight", "qformer.embeddings.layernorm.weight"),
+    "qformer.bert.embeddings.LayerNorm.bias": ("qformer.layernorm.bias", "qformer.embeddings.layernorm.bias"),
+    "qformer.bert.embeddings.word_embeddings.weight": (None, "qformer.embeddings.word_embeddings.weight"),
+    "qformer.bert.embeddings.position_embeddings.weight": (None, "qformer.embeddings.position_embeddings.weight"),
 }
 HF_EMBEDDINGS: dict[str, tuple[str | None, str]] = {
     "qformer.layernorm.weight": ("qformer.layernorm.weight", "qformer.embeddings.layernorm.weight"),  # BLIP-2
@@ -91,17 +97,24 @@ VIDEOCHAT2_TOP: dict[str, str] = {
     "extra_query_tokens": "projector.extra_query_tokens",
     "vision_layernorm.weight": "vision_ln.weight",
     "vision_layernorm.bias": "vision_ln.bias",
-    "llama_proj.weight": "projector.proj.weight",
-    "llama_proj.bias": "projector.proj.bias",
+    # the projection into the LLM is named after VideoChat2's LLM (videochat2_it / _mistral / _phi)
+    **{f"{llm}_proj.{p}": f"projector.proj.{p}" for llm in ("llama", "mistral", "phi") for p in ("weight", "bias")},
 }
+# Other spellings of the same tensors (LAVIS BLIP-2, VideoChat-v1): rewritten to the names above before mapping.
+VIDEOCHAT2_ALIASES: dict[str, str] = {"Qformer.": "qformer.", "ln_vision.": "vision_layernorm."}
 HF_TOP: dict[str, str] = {"query_tokens": "projector.query_tokens"}
 
 # Deliberately skipped, by prefix, with the reason shown in the report.
+# A key ending in "." is a prefix; any other is an exact name.
 VIDEOCHAT2_SKIP: dict[str, str] = {
     "vision_encoder.": "VideoChat2's UMT vision encoder (we use ViCLIP)",
-    "llama_model.": "VideoChat2's LLM / LoRA weights (our LLM comes from llm.path + our adapters)",
-    "Qformer.cls.": "Q-Former language-model head (unused for chat)",
-    "Qformer.bert.embeddings.position_ids": "non-trainable position-id buffer",
+    "visual_encoder.": "LAVIS / VideoChat-v1 EVA vision encoder (we use ViCLIP)",
+    **{f"{llm}_model.": "VideoChat2's LLM / LoRA weights (our LLM comes from llm.path + our adapters)"
+       for llm in ("llama", "mistral", "phi")},
+    "qformer.cls.": "Q-Former language-model head (unused for chat)",
+    "qformer.bert.embeddings.position_ids": "non-trainable position-id buffer",
+    **{k: "VideoChat2 stage-1 contrastive / matching heads (unused for chat)"
+       for k in ("vision_proj.", "text_proj.", "itm_head.", "temp", "vision_temp_embed")},
 }
 HF_SKIP: dict[str, str] = {
     "vision_model.": "BLIP-2's EVA ViT-g vision encoder (we use ViCLIP)",
@@ -137,7 +150,7 @@ def _map_key(key: str, *, layer_prefix: str, layer_modules: dict[str, str], embe
              skip: dict[str, str], use_instruction: bool) -> tuple[str | None, str | None]:
     """-> (target key or None, skip reason or None); both None = unknown key."""
     for prefix, reason in skip.items():
-        if key == prefix or key.startswith(prefix):
+        if key == prefix or (prefix.endswith(".") and key.startswith(prefix)):
             return None, reason
     if key in top:
         return top[key], None
@@ -152,9 +165,22 @@ def _map_key(key: str, *, layer_prefix: str, layer_modules: dict[str, str], embe
     return None, None
 
 
+def _unalias(key: str) -> str:
+    for alias, canonical in VIDEOCHAT2_ALIASES.items():
+        if key.startswith(alias):
+            return canonical + key[len(alias):]
+    return key
+
+
 def videochat2_to_ours(state_dict: dict[str, torch.Tensor], use_instruction: bool):
-    """VideoChat2 / LAVIS names -> ours. Returns (mapped state dict, ConversionReport); unknown keys raise."""
-    return _convert(state_dict, layer_prefix="Qformer.bert.encoder.layer", layer_modules=LAVIS_LAYER_MODULES,
+    """VideoChat2 (`qformer.*`) / LAVIS (`Qformer.*`) names -> ours. Returns (mapped sd, ConversionReport)."""
+    canonical: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        name = _unalias(key)
+        if name in canonical:
+            raise ConversionError(f"VideoChat2 checkpoint: {key} and another key are both {name}")
+        canonical[name] = value
+    return _convert(canonical, layer_prefix="qformer.bert.encoder.layer", layer_modules=LAVIS_LAYER_MODULES,
                     embeddings=LAVIS_EMBEDDINGS, top=VIDEOCHAT2_TOP, skip=VIDEOCHAT2_SKIP,
                     use_instruction=use_instruction, source="VideoChat2 checkpoint")
 
@@ -190,9 +216,12 @@ def _convert(state_dict, *, source: str, **maps):
 # ------------------------------------------------------------------------------------------ reverse maps
 
 
-def ours_to_videochat2(state_dict: dict[str, torch.Tensor], use_instruction: bool) -> dict[str, torch.Tensor]:
-    """Our names -> VideoChat2 / LAVIS names (inverse of `videochat2_to_ours` on the mapped keys)."""
-    return _reverse(state_dict, "Qformer.bert.encoder.layer", LAVIS_LAYER_MODULES, LAVIS_EMBEDDINGS, VIDEOCHAT2_TOP,
+def ours_to_videochat2(state_dict: dict[str, torch.Tensor], use_instruction: bool,
+                       llm: str = "llama") -> dict[str, torch.Tensor]:
+    """Our names -> VideoChat2 names (`qformer.bert.*`, `{llm}_proj.*`; inverse of `videochat2_to_ours`)."""
+    top = {k: v for k, v in VIDEOCHAT2_TOP.items() if not k.endswith(("_proj.weight", "_proj.bias"))
+           or k.startswith(f"{llm}_proj.")}
+    return _reverse(state_dict, "qformer.bert.encoder.layer", LAVIS_LAYER_MODULES, LAVIS_EMBEDDINGS, top,
                     use_instruction)
 
 
@@ -269,24 +298,34 @@ def read_hf_folder(path: str | Path, wanted=lambda key: True) -> tuple[dict[str,
 
 
 def _hf_encoder_width(path: Path) -> int | None:
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        return None
-    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    q = cfg.get("qformer_config") or {}
-    return q.get("encoder_hidden_size") or (cfg.get("vision_config") or {}).get("hidden_size")
+    cfg = json.loads((path / "config.json").read_text(encoding="utf-8")) if (path / "config.json").is_file() else {}
+    return (cfg.get("qformer_config") or {}).get("encoder_hidden_size") or (cfg.get("vision_config") or {}).get(
+        "hidden_size")
 
 
 # ------------------------------------------------------------------------------------------ loading
 
+# Parts a caller may keep at their initialisation (`skip=` / `qformer.init_skip`): name -> target key prefix.
+SKIPPABLE: dict[str, str] = {"proj": "projector.proj.", "vision_ln": "vision_ln.",
+                             "extra_query_tokens": "projector.extra_query_tokens"}
+VIDEOCHAT2_OPTIONAL = ("vision_ln.", "projector.extra_query_tokens")  # may be absent: kept at init, reported
 
-def load_qformer_init(model: "VideoChatModel", path: str | Path, fmt: str = "auto") -> ConversionReport:
-    """Initialise the projector (and, from VideoChat2, `vision_ln`) of `model` from `path`. Strict."""
+
+def load_qformer_init(model: "VideoChatModel", path: str | Path, fmt: str = "auto",
+                      skip: "tuple[str, ...] | list[str] | None" = None) -> ConversionReport:
+    """Initialise the projector (and, from VideoChat2, `vision_ln`) of `model` from `path`. Strict.
+
+    `skip`: parts of `SKIPPABLE` not to load (kept at their initialisation, listed in `reinitialized`);
+    None = `model.config.qformer.init_skip`.
+    """
     p = Path(path)
     if fmt == "auto":
         fmt = "hf" if p.is_dir() else "videochat2"
     if not p.exists():
         raise FileNotFoundError(f"qformer.init: {p} does not exist")
+    skip = tuple(model.config.qformer.init_skip if skip is None else skip)
+    if bad_skip := sorted(set(skip) - set(SKIPPABLE)):
+        raise ValueError(f"qformer.init_skip: unknown part(s) {bad_skip} (valid: {sorted(SKIPPABLE)})")
     use_instr = model.config.qformer.use_instruction
     ours = model.state_dict()
     reinit: list[str] = []
@@ -296,16 +335,16 @@ def load_qformer_init(model: "VideoChatModel", path: str | Path, fmt: str = "aut
         skipped = {k: None for k in all_keys if k not in tensors}  # placeholders: classified by the map below
         mapped, report = hf_to_ours({**skipped, **tensors}, use_instr)
         # EVA ViT-g (1408) vs ViCLIP width: the cross-attention key/value inputs cannot be reused.
-        for k in list(mapped):
-            if any(f".{m}." in k for m in CROSS_KV_MODULES) and k.endswith(".weight") and k in ours \
-                    and mapped[k] is not None and mapped[k].shape[1:] != ours[k].shape[1:]:
-                reinit += [k, k[: -len("weight")] + "bias"]
-        for k in reinit:
+        cross = [x for k in list(mapped) if any(f".{m}." in k for m in CROSS_KV_MODULES) and k.endswith(".weight")
+                 and k in ours and mapped[k] is not None and mapped[k].shape[1:] != ours[k].shape[1:]
+                 for x in (k, k[: -len("weight")] + "bias")]
+        for k in cross:
             mapped.pop(k, None)
-        if reinit:
+        if cross:
             log.warning("Q-Former init: source vision width %s != ViCLIP width %d; %d cross-attention key/value "
                         "tensors keep their initialisation", _hf_encoder_width(p), model.config.viclip.width,
-                        len(reinit))
+                        len(cross))
+        reinit += cross
         required = {k for k in ours if k.startswith("projector.qformer.")} | {"projector.query_tokens"}
         required -= set(reinit)
     elif fmt == "videochat2":
@@ -313,8 +352,23 @@ def load_qformer_init(model: "VideoChatModel", path: str | Path, fmt: str = "aut
         required = {k for k in ours if k.startswith(("projector.", "vision_ln."))}
         if model.config.qformer.num_extra_query_tokens == 0 and "projector.extra_query_tokens" not in mapped:
             required.discard("projector.extra_query_tokens")  # an empty [1, 0, H] tensor
+        absent = sorted(k for k in required if k.startswith(VIDEOCHAT2_OPTIONAL) and k not in mapped
+                        and not k.startswith(tuple(SKIPPABLE[s] for s in skip)))
+        if absent:
+            log.warning("Q-Former init: %s has no %s (VideoChat2 saves only trainable tensors; stage-1 files have "
+                        "no extra queries); they keep their initialisation", p, absent)
+        reinit += absent
+        required -= set(absent)
     else:
         raise ValueError(f"qformer.init_format must be auto | hf | videochat2, got {fmt!r}")
+    for part in skip:
+        keys = sorted(k for k in ours if k.startswith(SKIPPABLE[part]) and (k in required or k in mapped))
+        n_src = sum(mapped.pop(k, None) is not None for k in keys)
+        if n_src:
+            report.skipped[f"{part} (qformer.init_skip)"] += n_src
+        log.info("Q-Former init: %s kept at initialisation (qformer.init_skip): %s", part, keys)
+        required -= set(keys)
+        reinit += [k for k in keys if k not in reinit]
     copy_strict(model, mapped, required, where=f"{fmt} checkpoint {p}")
     report.reinitialized = reinit
     log.info("Q-Former init from %s: %s", p, report.summary())
@@ -329,9 +383,15 @@ def copy_strict(model, mapped: dict[str, torch.Tensor], required: set[str], wher
     bad = [f"{k}: source {tuple(mapped[k].shape)} vs model {tuple(ours[k].shape)}"
            for k in sorted(required & set(mapped)) if tuple(mapped[k].shape) != tuple(ours[k].shape)]
     if missing or unexpected or bad:
-        hint = ""
-        if any("word_embeddings" in b for b in bad):
-            hint = " (VideoChat2 / InstructBLIP add [DEC]: set qformer.vocab_size to the source's 30523)"
+        hints = ["VideoChat2 / InstructBLIP add [DEC]: set qformer.vocab_size to the source's 30523"] * any(
+            "word_embeddings" in b for b in bad)
+        for part, prefix in SKIPPABLE.items():
+            if any(k.startswith(prefix) for k in [*missing, *(b.split(":")[0] for b in bad)]):
+                what = ("the source projects into another LLM width (or has no projection)" if part == "proj"
+                        else "the source's tensor does not fit this model")
+                hints.append(f"{what}: to keep {prefix.rstrip('.')} at its initialisation set "
+                             f"qformer.init_skip=[{part}] (load_qformer_init(..., skip=('{part}',)))")
+        hint = f" ({'; '.join(hints)})" if hints else ""
         raise ConversionError(f"{where}: missing ({len(missing)}) {missing[:40]}; unexpected ({len(unexpected)}) "
                               f"{unexpected[:40]}; shape mismatches ({len(bad)}) {bad[:40]}{hint}")
     with torch.no_grad():

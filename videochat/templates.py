@@ -145,17 +145,23 @@ register_template(ChatTemplate(
 
 
 class Pieces:
-    def __init__(self):
-        self.items: list[list] = []  # ["text", str, labelled] | ["clip", k] | ["break"]
+    """Tokenization pieces. A text item records the [start, end) character ranges that are message content
+    (user / system / assistant text, as opposed to template markers): special-token strings inside them
+    are tokenized as plain text, so a message cannot forge a turn marker (see `conversation._tokenize`)."""
 
-    def text(self, s: str, labelled: bool = False):
+    def __init__(self):
+        self.items: list[list] = []  # ["text", str, labelled, content ranges] | ["clip", k] | ["break"]
+
+    def text(self, s: str, labelled: bool = False, content: bool = False):
         if not s:
             return
         last = self.items[-1] if self.items else None
         if last is not None and last[0] == "text" and last[2] == labelled:
+            if content:
+                last[3].append((len(last[1]), len(last[1]) + len(s)))
             last[1] += s  # merge: fewer boundaries, more natural tokenization
         else:
-            self.items.append(["text", s, labelled])
+            self.items.append(["text", s, labelled, [(0, len(s))] if content else []])
 
     def clip(self, k: int):
         self.items.append(["clip", k])
@@ -164,8 +170,11 @@ class Pieces:
         self.items.append(["break"])
 
 
-def emit_content(parts, tpl: ChatTemplate, clip_times, emit_text, emit_clip):
-    """Emit one message's parts joined by `tpl.part_separator` (text parts stripped at both ends)."""
+def emit_content(parts, tpl: ChatTemplate, clip_times, emit_text, emit_clip, emit_message_text=None):
+    """Emit one message's parts joined by `tpl.part_separator` (text parts stripped at both ends).
+
+    `emit_message_text` (default `emit_text`) receives the message's own text, the rest is template text."""
+    emit_message_text = emit_message_text or emit_text
     first = True
     for kind, v in parts:
         if kind == "text" and not v.strip():
@@ -174,7 +183,7 @@ def emit_content(parts, tpl: ChatTemplate, clip_times, emit_text, emit_clip):
             emit_text(tpl.part_separator)
         first = False
         if kind == "text":
-            emit_text(v.strip())
+            emit_message_text(v.strip())
         else:
             emit_text(tpl.clip_begin)
             emit_clip(v)
@@ -185,8 +194,15 @@ def emit_content(parts, tpl: ChatTemplate, clip_times, emit_text, emit_clip):
 def named_pieces(tpl: ChatTemplate, tok, msgs: list, system: str | None, add_gen: bool, clip_times) -> Pieces:
     P = Pieces()
     P.text(fill(tpl.prefix, tok))
+    system_before, system_after = fill(tpl.system, tok).split("{system}")
+
+    def emit_system():  # = P.text(fill(tpl.system, tok, system=system)), the system text marked as content
+        P.text(system_before)
+        P.text(system, content=True)
+        P.text(system_after)
+
     if system is not None and not tpl.system_in_first_user:
-        P.text(fill(tpl.system, tok, system=system))
+        emit_system()
     P.text(fill(tpl.start, tok))
     user_before, user_after = fill(tpl.user, tok).split("{content}")
     asst_before, asst_after = fill(tpl.assistant, tok).split("{content}")
@@ -196,14 +212,16 @@ def named_pieces(tpl: ChatTemplate, tok, msgs: list, system: str | None, add_gen
         if m.role == "user":
             P.text(user_before)
             if i == 0 and system is not None and tpl.system_in_first_user:
-                P.text(fill(tpl.system, tok, system=system))
-            emit_content(m.parts, tpl, clip_times, P.text, P.clip)
+                emit_system()
+            emit_content(m.parts, tpl, clip_times, P.text, P.clip, lambda s: P.text(s, content=True))
             P.text(user_after)
             if i + 1 < len(turns) or add_gen:
                 P.text(generation)
         else:
             reply = " ".join(v.strip() for _, v in m.parts if v.strip())
-            P.text(asst_before + reply + asst_after, labelled=True)
+            P.text(asst_before, labelled=True)  # merged into one piece: tokenized as before
+            P.text(reply, labelled=True, content=True)
+            P.text(asst_after, labelled=True)
             P.text(separator)
     return P
 
@@ -253,12 +271,17 @@ def jinja_pieces(tok, msgs, system: str | None, add_gen: bool, clip_times) -> Pi
     nonce = secrets.token_hex(8)
     slot_clips: list[int] = []
     replies: list[str] = []
+    texts: list[str] = []  # user / system message text, rendered as sentinels to know where it lands
 
     def sentinel(kind: str, n: int) -> str:
         return f"\u27e6{kind}{n}-{nonce}\u27e7"
 
-    conv = [] if system is None else [{"role": "system", "content": system}]
-    real = list(conv)  # the same conversation with the real replies
+    def text_sentinel(s: str) -> str:
+        texts.append(s)
+        return sentinel("text", len(texts) - 1)
+
+    conv = [] if system is None else [{"role": "system", "content": text_sentinel(system)}]
+    real = [] if system is None else [{"role": "system", "content": system}]  # real replies and text
     for m in msgs:
         if m.role == "system":
             continue
@@ -268,21 +291,26 @@ def jinja_pieces(tok, msgs, system: str | None, add_gen: bool, clip_times) -> Pi
             buf.append(sentinel("clip", len(slot_clips)))
             slot_clips.append(k)
 
-        emit_content(m.parts, JINJA_STYLE, clip_times, buf.append, add_clip)
-        text = "".join(buf)
-        real.append({"role": m.role, "content": text})
         if m.role == "assistant":
+            emit_content(m.parts, JINJA_STYLE, clip_times, buf.append, add_clip)
+            real.append({"role": m.role, "content": "".join(buf)})
             conv.append({"role": m.role, "content": sentinel("reply", len(replies))})
-            replies.append(text)
+            replies.append(real[-1]["content"])
         else:
-            conv.append(real[-1])
+            real_buf: list[str] = []
+            emit_content(m.parts, JINJA_STYLE, clip_times, lambda s: (buf.append(s), real_buf.append(s)),
+                         lambda k: (add_clip(k), real_buf.append(buf[-1])),
+                         lambda s: (buf.append(text_sentinel(s)), real_buf.append(s)))
+            real.append({"role": m.role, "content": "".join(real_buf)})
+            conv.append({"role": m.role, "content": "".join(buf)})
 
     full = _apply(tok, conv, add_gen)
     found = {(mt.group(1), int(mt.group(2))): (mt.start(), mt.end())
-             for mt in re.finditer("\u27e6(clip|reply)(\\d+)-" + nonce + "\u27e7", full)}
-    expected = {("clip", n) for n in range(len(slot_clips))} | {("reply", n) for n in range(len(replies))}
+             for mt in re.finditer("\u27e6(clip|reply|text)(\\d+)-" + nonce + "\u27e7", full)}
+    expected = ({("clip", n) for n in range(len(slot_clips))} | {("reply", n) for n in range(len(replies))}
+                | {("text", n) for n in range(len(texts))})
     if set(found) != expected or full.count(nonce) != len(expected):
-        raise TemplateError("the chat template dropped, duplicated or altered a clip or a reply")
+        raise TemplateError("the chat template dropped, duplicated or altered a clip or a reply (or a message text)")
     markers = _special_strings(tok)
     cuts: set[int] = set()  # piece boundaries that must not be merged across
     spans: list[tuple[int, int]] = []
@@ -315,8 +343,8 @@ def jinja_pieces(tok, msgs, system: str | None, add_gen: bool, clip_times) -> Pi
             P.clip(slot_clips[n])
             text_parts.append(full[a:b])
             continue
-        piece = replies[n] if kind == "reply" else full[a:b]
-        P.text(piece, labelled=any(s <= a and b <= e for s, e in spans))
+        piece = {"reply": replies, "text": texts}[kind][n] if kind in ("reply", "text") else full[a:b]
+        P.text(piece, labelled=any(s <= a and b <= e for s, e in spans), content=kind in ("reply", "text"))
         text_parts.append(piece)
     if "".join(text_parts) != _apply(tok, real, add_gen):
         raise TemplateError("the tokenizer's chat template edits assistant replies; cannot label them exactly")
