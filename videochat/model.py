@@ -33,6 +33,7 @@ from videochat.model_llm import (
     is_peft,
     resize_vocab,
 )
+from videochat.packing import packed_llm_kwargs
 from videochat.qformer import QFormerProjector
 from videochat.viclip import ViCLIP
 
@@ -249,7 +250,9 @@ class VideoChatModel(nn.Module):
     ):
         """Causal-LM forward with clips spliced in; returns the LLM's `CausalLMOutputWithPast` (`.loss`
         when `labels` [B, L] is given: mean token cross-entropy over labels != -100, shifted inside the LLM).
-        Extra keyword arguments (e.g. `position_ids` for packed sequences) go to the LLM."""
+        Extra keyword arguments go to the LLM; packed rows (`videochat.packing.PackingCollator`: `position_ids`
+        restarting per sample, attention_mask None) get a per-sample causal mask (`packed_llm_kwargs`)."""
+        llm_kwargs = packed_llm_kwargs(self.llm.config, attention_mask, llm_kwargs)
         embeds = self.embed_inputs(input_ids, clip_frames, clip_features, clip_embeds, num_clips,
                                    clip_instruction_ids, clip_instruction_mask)
         if attention_mask is not None:
