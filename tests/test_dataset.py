@@ -218,3 +218,44 @@ def test_dataloader_with_workers_and_length_sampler(tok, cfg, root):
     first = batches[0]
     direct = ds[sampler.indices()[0]]
     assert torch.equal(first["clip_frames"][0], direct["clip_frames"][0])
+
+
+def test_sample_with_nothing_to_learn_is_skipped_as_no_targets(tok, cfg, root, tmp_path):
+    """No assistant turn (or every label -100) would give a 0/0 = NaN loss: skipped, counted, logged."""
+    no_answer = {**sample(1), "id": "u1", "messages": [sample(1)["messages"][0]]}  # user turn only
+    text_only = {"id": "u2", "videos": [], "clips": [], "messages": [{"role": "user", "content": "hello?"}]}
+    log = tmp_path / "bad.jsonl"
+    ds = SampleDataset([sample(0), no_answer, text_only, sample(3)], tok, cfg, video_root=root, sampling="middle",
+                       max_bad_fraction=0.9, bad_sample_log=str(log))
+    items = [ds[i] for i in range(len(ds))]
+    assert [it["id"] for it in items] == ["s0", "s3", "s3", "s3"]
+    assert [s["id"] for s in items[1]["skipped"]] == ["u1"] and "no_targets" in items[1]["skipped"][0]["reason"]
+    assert ds.stats == {"seen": 4, "good": 2, "bad": 2, "reasons": {"no_targets": 2}}
+    assert all(int((it["labels"][1:] != -100).sum()) > 0 for it in items)  # every item has a loss target
+    assert {json.loads(line)["id"] for line in log.read_text().splitlines()} == {"u1", "u2"}
+    # streaming: the same verdict, simply moved past
+    stream = StreamingSampleDataset([no_answer, sample(4)], tok, cfg, video_root=root, sampling="middle",
+                                    max_bad_fraction=0.9)
+    assert [it["id"] for it in stream] == ["s4"] and stream.stats["reasons"] == {"no_targets": 1}
+
+
+def test_transient_oserror_is_retried_but_a_decode_error_is_cached(tok, cfg, root, monkeypatch):
+    real, calls = vdata.read_clip, []
+    hiccup = {"left": 1}
+
+    def flaky(path, *a, **k):
+        calls.append(str(path))
+        if str(path).endswith("a.mp4") and hiccup["left"]:
+            hiccup["left"] -= 1
+            raise OSError(5, "Input/output error")  # e.g. an NFS timeout: the file is fine
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(vdata, "read_clip", flaky)
+    ds = SampleDataset([sample(0), sample(1, video="bad.mp4"), sample(2, video="b.mp4")], tok, cfg, video_root=root,
+                       sampling="middle", max_bad_fraction=0.9)
+    first = ds[0]
+    assert first["id"] == "s2" and first["skipped"][0]["reason"].startswith("OSError")
+    assert ds[0]["id"] == "s0"  # retried (not cached as bad) and good this time
+    ds[1], ds[1]
+    assert calls.count(str(root / "bad.mp4")) == 1  # a real decode failure is decided once per process
+    assert ds.stats["reasons"] == {"OSError": 1, "VideoDecodeError": 2}

@@ -132,3 +132,23 @@ def test_init_from_an_export_loads_the_projector(data, align_run, tmp_path):
     own = dict(model.named_parameters())
     assert all(torch.equal(own[k], v) for k, v in trained.items())
     assert model.has_lora  # the instruct config adds LoRA on top of the aligned projector
+
+
+def test_viclip_skips_a_corrupt_video_and_stops_cleanly_when_too_many_are_bad(tmp_path, capsys):
+    data = make_samples(tmp_path, n_train=8, n_val=0)
+    (data / "videos" / "train3.mp4").write_bytes(b"\x00not an mp4" * 64)  # 1 of 8 corrupt
+    out = tmp_path / "viclip"
+    _train("viclip", data, out, steps=2, save_every=2, eval_every=0, **{"data.max_bad_fraction": 0.2,
+                                                                         "data.val_split": "null"})
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r.get("skipped_samples", 0) for r in records) == 1  # one epoch: the corrupt clip seen once
+    assert "skipped sample train3" in capsys.readouterr().out
+    assert (out / "viclip.pth").is_file()
+
+    for i in (0, 5):  # now 3 of 8 corrupt: past max_bad_fraction=0.2 -> a clear stop, not a DataLoader crash
+        (data / "videos" / f"train{i}.mp4").write_bytes(b"garbage" * 64)
+    rc = videochat_main(["train", "--config", str(config_path("viclip")),
+                         *tiny_overrides(data, tmp_path / "bad", "viclip", steps=2, eval_every=0,
+                                         **{"data.max_bad_fraction": 0.2, "data.val_split": "null"})])
+    err = capsys.readouterr().err
+    assert rc == 3 and "samples were bad" in err and "max_bad_fraction" in err and "VideoDecodeError" in err

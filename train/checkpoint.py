@@ -11,7 +11,14 @@ Layout: `OUT/checkpoints/step-000100/` with
 
 A checkpoint is written into `step-000100.partial/` and renamed when complete (rename is atomic on POSIX),
 so a kill at any moment leaves either the previous checkpoints or a `.partial` folder that is ignored and
-cleared, never a half checkpoint that looks whole. The last `keep_last` complete checkpoints are kept.
+cleared, never a half checkpoint that looks whole. Re-saving a step that exists renames the old folder to
+`step-000100.old` first, renames the new one in, then deletes the old one: a kill in between leaves the old
+`.old` folder, which is listed as step 100 until a complete `step-000100` exists again.
+
+The last `keep_last` complete checkpoints are kept; the one just written is never pruned. A run resumed from
+a checkpoint that is not the newest (a roll-back, or `resume: never` over an old run) renames the newer
+`step-*` folders of the abandoned timeline to `abandoned-step-*` (`abandon_newer`), so neither pruning nor a
+later `resume: auto` mixes the two timelines.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-_STEP_RE = re.compile(r"^step-(\d+)$")
+_STEP_RE = re.compile(r"^step-(\d+)(\.old)?$")
 
 
 def step_dir(root: str | Path, step: int) -> Path:
@@ -35,17 +42,49 @@ def step_dir(root: str | Path, step: int) -> Path:
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
-    """Complete checkpoints under `root`, oldest first (`.partial` folders are never listed)."""
+    """Complete checkpoints under `root`, oldest first (`.partial` folders are never listed; a `step-N.old`
+    left by a kill during a re-save of step N stands in for `step-N` when that is missing)."""
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_RE.match(p.name))]
-    return [p for _, p in sorted(found)]
+    found: dict[int, Path] = {}
+    for p in root.iterdir():
+        m = _STEP_RE.match(p.name)
+        if m and p.is_dir() and (not m.group(2) or int(m.group(1)) not in found):  # step-N wins over step-N.old
+            found[int(m.group(1))] = p
+    return [found[k] for k in sorted(found)]
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
     ckpts = list_checkpoints(root)
     return ckpts[-1] if ckpts else None
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    m = _STEP_RE.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def abandon_newer(root: str | Path, step: int, keep: str | Path | None = None) -> list[tuple[Path, Path]]:
+    """Rename every checkpoint under `root` newer than `step` (and one of `step` itself that is not `keep`, the
+    folder resumed from) to `abandoned-step-N[-k]`: they belong to a timeline this run no longer follows.
+    Returns the (old, new) paths; call on one rank only."""
+    keep = Path(keep).resolve() if keep is not None else None
+    moved = []
+    for p in list_checkpoints(root):
+        n = checkpoint_step(p)
+        if n < step or (n == step and (keep is None or p.resolve() == keep)):
+            continue
+        new = p.with_name(f"abandoned-step-{n:06d}")
+        k = 0
+        while new.exists():
+            k += 1
+            new = p.with_name(f"abandoned-step-{n:06d}-{k}")
+        os.replace(p, new)
+        moved.append((p, new))
+    if moved:
+        _fsync_dir(Path(root))
+    return moved
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -147,20 +186,31 @@ class CheckpointWriter:
         self.barrier()
         if self.rank == 0:
             _fsync_tree(tmp)
-            if final.exists():  # a re-run of the same step (e.g. after a resume): replace it
-                shutil.rmtree(final)
+            old = final.with_name(final.name + ".old")
+            if final.exists():  # a re-run of the same step: set the old one aside, never delete it first
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(final, old)
             os.replace(tmp, final)
             _fsync_dir(self.root)
-            self.prune()
+            if old.exists():
+                shutil.rmtree(old)
+            self.prune(keep=final)
         self.barrier()
         return final
 
-    def prune(self) -> None:
-        """Delete all but the newest `keep_last` complete checkpoints, and stale `.partial` folders."""
-        for p in list_checkpoints(self.root)[:-self.keep_last]:
-            shutil.rmtree(p, ignore_errors=True)
+    def prune(self, keep: Path | None = None) -> None:
+        """Delete all but the newest `keep_last` complete checkpoints (never `keep`, the one just written),
+        stale `.partial` folders, and `.old` folders whose step has a complete checkpoint again."""
+        ckpts = list_checkpoints(self.root)
+        for p in ckpts[:-self.keep_last]:
+            if keep is None or p.resolve() != Path(keep).resolve():
+                shutil.rmtree(p, ignore_errors=True)
         for p in self.root.glob("*.partial"):
             shutil.rmtree(p, ignore_errors=True)
+        for p in self.root.glob("step-*.old"):
+            if p.with_name(p.name[: -len(".old")]).is_dir():
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def read_state(ckpt: str | Path) -> dict:

@@ -25,6 +25,7 @@ def register(subparsers) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from train.config import ConfigError, load_train_config, to_dict
+    from videochat.data import TooManyBadSamples
 
     try:
         cfg = load_train_config(args.config, args.overrides)
@@ -45,4 +46,7 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"videochat train: config error: {e}", file=sys.stderr)
         return 2
+    except TooManyBadSamples as e:  # the data is wrong, not the code: a message, not a traceback
+        print(f"videochat train: stopped: {e}", file=sys.stderr)
+        return 3
     return 0

@@ -80,6 +80,7 @@ class Trainer:
         self.writer = ckpt_io.CheckpointWriter(self.ckpt_root, cfg.keep_last, rank=self.dist.rank,
                                                barrier=self.engine.barrier)
         self.resumed_from = self._maybe_resume()
+        self._abandon_newer_checkpoints()
 
     # ------------------------------------------------------------------ resume
     def _resume_source(self) -> Path | None:
@@ -118,6 +119,19 @@ class Trainer:
                   f"batch {self.state['batch']})", flush=True)
         return src
 
+    def _abandon_newer_checkpoints(self) -> None:
+        """Checkpoints in this run's folder newer than where this run starts (a roll-back to an older checkpoint,
+        or resume=never over an old run) belong to an abandoned timeline: renamed to abandoned-step-* so that
+        keep-last pruning cannot delete the new ones in their favour and resume=auto never jumps back to them."""
+        if self.dist.is_main:
+            moved = ckpt_io.abandon_newer(self.ckpt_root, self.state["step"], keep=self.resumed_from)
+            if moved:
+                names = ", ".join(f"{a.name} -> {b.name}" for a, b in moved)
+                print(f"[train] starting at step {self.state['step']} but {self.ckpt_root} holds newer checkpoints "
+                      f"of an abandoned run; renamed {names} (never resumed from or pruned; delete them when no "
+                      f"longer needed)", flush=True)
+        self.engine.barrier()
+
     # ------------------------------------------------------------------ data
     def _loader(self, epoch: int, batch: int):
         self.sampler.set_position(epoch, batch)
@@ -143,10 +157,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _train_step(self) -> tuple[float, float | None]:
-        """grad_accum micro-batches, then one optimizer step. One host sync and one all-reduce per step."""
+        """grad_accum micro-batches, then one optimizer step. Two small collectives (the step's target count,
+        the logged sums) and one host sync per step.
+
+        Loss weighting (as transformers' `num_items_in_batch`): the window's micro-batches are fetched first and
+        their loss targets (label tokens) counted and summed over ranks into N; each micro-batch's loss is its
+        summed token loss / N, so the step's gradient is that of the mean over all N tokens however they are split
+        into micro-batches and ranks. The engines divide by grad_accum and DDP / DeepSpeed average over ranks,
+        so the loss handed to backward is multiplied by grad_accum * world_size to cancel both."""
         accum = self.cfg.grad_accum
-        losses, samples, tokens = [], 0, 0
-        for i in range(accum):
+        batches, samples, tokens, local_targets = [], 0, 0, 0
+        for _ in range(accum):
             batch = self._next_batch()
             for bad in batch.get("skipped") or []:  # bad samples the dataset passed over: reported, never silent
                 self.skipped += 1
@@ -154,17 +175,28 @@ class Trainer:
                     self.logger.message(f"[train] skipped sample {bad.get('id')}: {bad.get('reason')}")
             n, t = self.parts.count(batch)  # from CPU tensors: no device sync
             samples, tokens = samples + n, tokens + t
+            local_targets += self.parts.targets(batch)
+            batches.append(batch)
+        (num_items,) = self.engine.reduce_sum([local_targets])
+        num_items = int(num_items)
+        if num_items == 0:  # same on every rank (all-reduced): all stop together
+            raise RuntimeError(f"step {self.state['step'] + 1}: no loss targets in the whole step (every label is "
+                               f"-100); the dataset should have skipped such samples")
+        scale = accum * self.dist.world_size
+        losses = []
+        for i, batch in enumerate(batches):
             batch = to_device(batch, self.dist.device)
+            batch["num_items_in_batch"] = num_items
             sync = i == accum - 1
             ctx = self.engine.forward_context(sync) if hasattr(self.engine, "forward_context") else contextlib.nullcontext()
             with ctx:
                 with self.engine.autocast():
-                    loss = self.forward(batch)
-                self.engine.backward(loss, sync=sync)
+                    loss = self.forward(batch)  # this micro-batch's share of the step loss
+                self.engine.backward(loss * scale, sync=sync)
             losses.append(loss.detach())
             if self.state["step"] == self._start_step and i == 0:
                 self._freeze_check()
-        local_loss = float(torch.stack(losses).float().mean())  # the step's one host sync
+        local_loss = float(torch.stack(losses).float().sum())  # the step's one host sync
         if not math.isfinite(local_loss):
             raise FloatingPointError(f"non-finite loss {local_loss} at step {self.state['step'] + 1} "
                                      f"(rank {self.dist.rank}); stopping (lower optim.lr or check the data)")
@@ -176,7 +208,7 @@ class Trainer:
         self.state["samples"] += int(s)
         self.state["tokens"] += int(t)
         self.logger.count(int(s), int(t))
-        return loss_sum / self.dist.world_size, norm
+        return loss_sum, norm  # the shares of all ranks add up to the step's token-mean loss
 
     def _freeze_check(self) -> None:
         info = assert_frozen_have_no_grad(self.parts.model, self.parts.must_be_frozen)
@@ -188,7 +220,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Mean validation loss over (at most max_val_samples) val samples, sharded over ranks."""
+        """Validation loss over (at most max_val_samples) val samples, sharded over ranks: the mean over all
+        their loss targets (assistant tokens; clips for viclip), not a mean of per-batch means."""
         val = self.parts.val_data
         if val is None or len(val) == 0:
             return None
@@ -199,11 +232,13 @@ class Trainer:
         was_training = module.training
         module.eval()
         total, count = 0.0, 0
-        for batch in loader:
-            k = self.parts.count(batch)[0]
+        for batch in loader:  # weighted by loss targets (tokens), like training: sum of losses / number of targets
+            k = self.parts.targets(batch)
+            batch = to_device(batch, self.dist.device)
+            batch["num_items_in_batch"] = 1  # -> the batch's summed loss
             with self.engine.autocast():
-                loss = module(to_device(batch, self.dist.device))
-            total += float(loss) * k
+                loss = module(batch)
+            total += float(loss)
             count += k
         module.train(was_training)
         total, count = self.engine.reduce_sum([total, count])

@@ -1,7 +1,7 @@
 """Checks that run before anything heavy (and one right after the first backward).
 
 - `preflight(cfg)`: combinations that cannot work are refused with the reason and what to do instead
-  (QLoRA + ZeRO-3, QLoRA on CPU, DeepSpeed without its JSON, ...). Runs before the model is built.
+  (DeepSpeed ZeRO-3, QLoRA on CPU, DeepSpeed without its JSON, ...). Runs before the model is built.
 - `format_parameter_table(rows)`: the per-module trainable / total table printed at the start of every run.
 - `check_optimizer_covers(model, optimizer)`: the optimizer holds exactly the trainable parameters.
 - `assert_frozen_have_no_grad(model)`: after the first backward, every frozen parameter's `.grad` is None
@@ -16,14 +16,18 @@ from torch import nn
 from train.config import ConfigError, TrainConfig
 from train.engine import resolve_device, resolve_kind, zero_stage
 
-QLORA_ZERO3 = (
-    "QLoRA (model.llm.load_in_4bit=true) with DeepSpeed ZeRO-3 is refused: ZeRO-3 partitions every parameter "
-    "across ranks and gathers it on use, but the 4-bit base weights are bitsandbytes Params4bit (packed uint8 "
-    "plus a per-block quantisation state) that ZeRO-3 cannot partition or gather correctly; runs that try it "
-    "hang or fail at the first forward. Use ZeRO-2 instead (engine.deepspeed_config=train/deepspeed/zero2.json: "
-    "shards optimizer state and gradients, which is all a QLoRA run has to shard) or plain DDP "
-    "(engine.kind=ddp under torchrun)."
+ZERO3 = (
+    "DeepSpeed ZeRO-3 (zero_optimization.stage=3) is refused for every recipe: ZeRO-3 partitions every parameter "
+    "across ranks and gathers it only inside a forward, so (1) PEFT's LoRA layers, built on weights that ZeRO-3 "
+    "has already replaced by empty placeholders, fail at the first forward; (2) checkpoints read parameters outside "
+    "a forward and would save the empty (shape [0]) partitions instead of the trained weights; (3) with QLoRA the "
+    "4-bit base weights are bitsandbytes Params4bit (packed uint8 plus a per-block quantisation state) that ZeRO-3 "
+    "cannot partition or gather at all. Every recipe here trains a small part of the model (projector, LoRA "
+    "adapters or a ViCLIP), whose optimizer state and gradients are what needs sharding: use ZeRO-2 "
+    "(engine.kind=deepspeed engine.deepspeed_config=train/deepspeed/zero2.json, or zero2_offload.json to keep the "
+    "optimizer state in CPU memory) or plain DDP (engine.kind=ddp under torchrun)."
 )
+QLORA_ZERO3 = ZERO3  # the name earlier callers used
 QLORA_CPU = (
     "QLoRA (model.llm.load_in_4bit=true) needs a CUDA GPU: bitsandbytes' 4-bit NF4 kernels do not run on CPU. "
     "On this machine use bf16/fp32 LoRA (model.llm.load_in_4bit=false, model.lora.enabled=true)."
@@ -35,8 +39,8 @@ def preflight(cfg: TrainConfig) -> None:
     cfg.check()
     kind = resolve_kind(cfg)
     qlora = cfg.model.llm.load_in_4bit
-    if qlora and kind == "deepspeed" and zero_stage(cfg) >= 3:
-        raise ConfigError(QLORA_ZERO3)
+    if kind == "deepspeed" and zero_stage(cfg) >= 3:
+        raise ConfigError(ZERO3)
     device = resolve_device(cfg)
     if qlora and device.type != "cuda":
         raise ConfigError(QLORA_CPU)

@@ -11,7 +11,8 @@ model's `FrameTransform`, its frame times (relative to the clip start) go to the
 tokens (and frame times) are used instead and the video is never opened.
 
 Bad samples (missing / undecodable video, bad window, malformed sample, render error, too long, cache
-miss) are never fatal: logged, counted in `dataset.stats`, listed in the next item's `skipped`.
+miss, `no_targets`: nothing left to learn from, i.e. no assistant turn or every label -100, which would make
+the loss 0/0 = NaN) are never fatal: logged, counted in `dataset.stats`, listed in the next item's `skipped`.
 - `SampleDataset[i]` returns the next good sample after i (i+1, i+2, ... wrapping), deterministically,
   so every batch stays full (DDP ranks stay in step);
 - `StreamingSampleDataset` simply moves on.
@@ -55,6 +56,7 @@ except ImportError:  # pragma: no cover - orjson comes with data_tools
 
 __all__ = [
     "SampleDataset", "StreamingSampleDataset", "Collator", "LengthGroupedSampler", "TooManyBadSamples", "BadSample",
+    "SkipBadSamples", "BadSampleTracker",
     "PackedSamples", "load_samples", "referenced_clips", "approx_length",
 ]
 
@@ -70,9 +72,10 @@ class TooManyBadSamples(RuntimeError):
 class BadSample(Exception):
     """One sample that cannot be used; `reason` is short and human-readable."""
 
-    def __init__(self, sample_id: str, reason: str, kind: str = "BadSample"):
+    def __init__(self, sample_id: str, reason: str, kind: str = "BadSample", transient: bool = False):
         super().__init__(f"{sample_id}: {reason}")
         self.sample_id, self.reason, self.kind = sample_id, reason, kind
+        self.transient = transient  # an I/O hiccup (plain OSError: NFS timeout, EIO) that may not recur
 
 
 _BAD_ERRORS = (VideoDecodeError, ConversationError, KeyError, IndexError, TypeError, ValueError, OSError)
@@ -194,7 +197,10 @@ class _Processor:
         except BadSample:
             raise
         except _BAD_ERRORS as e:
-            raise BadSample(sid, _reason(e), type(e).__name__) from None
+            # VideoDecodeError (incl. VideoNotFoundError, an OSError too) is a verdict on the file; any other
+            # OSError is the storage talking and may succeed next time
+            transient = isinstance(e, OSError) and not isinstance(e, VideoDecodeError)
+            raise BadSample(sid, _reason(e), type(e).__name__, transient=transient) from None
 
     def _process(self, sample: dict, index: int, sid: str) -> dict:
         if "_error" in sample:
@@ -225,6 +231,9 @@ class _Processor:
             clip_times=times if self.cfg.frame_times_in_prompt else None,
             system_prompt=self.cfg.system_prompt, max_length=self.max_length, num_clips=len(clips),
         )
+        if all(label == -100 for label in r.labels[1:]):  # position 0 is never a target (labels shift by one)
+            raise BadSample(sid, "no_targets: no assistant token to learn from (no assistant turn, or every label "
+                            "is -100); its loss would be 0/0", "no_targets")
         order = [slot.clip for slot in r.clip_slots]
         key = "clip_features" if self.cache is not None else "clip_frames"
         if order:
@@ -265,8 +274,10 @@ class BadSampleTracker:
     def stats(self) -> dict[str, Any]:
         return {"seen": self.seen, "good": self.seen - self.bad, "bad": self.bad, "reasons": dict(self.reasons)}
 
-    def good(self) -> None:
+    def good(self, total: int | None = None) -> None:
         self.seen += 1
+        if self.bad:  # the fraction is judged as soon as enough samples were seen, good or bad
+            self.check(total)
 
     def record(self, err: BadSample, total: int | None = None) -> None:
         self.seen += 1
@@ -290,8 +301,60 @@ class BadSampleTracker:
             )
 
 
-class SampleDataset(Dataset):
-    """Map-style dataset over samples (a list of dicts, or a dataset folder / shard / glob)."""
+class SkipBadSamples:
+    """Bad-sample handling for map-style datasets (SampleDataset, the viclip recipe's caption clips).
+
+    A subclass implements `_load(i) -> item dict` raising `BadSample`, calls `_init_bad_samples(...)` and gets
+    `__getitem__`: sample `index`, or when it is bad the next good one after it (wrapping), deterministically,
+    so every batch stays full (DDP ranks stay in step). Only `index`'s own failure is counted and listed in the
+    item's `skipped`: the ones passed over are counted when their own index comes up, so every bad sample is
+    counted once per epoch even across DataLoader workers. Past `max_bad_fraction` -> `TooManyBadSamples`.
+    Failures are remembered per process (a bad file is not decoded twice), except transient I/O errors."""
+
+    def _init_bad_samples(self, max_bad_fraction: float, bad_check_after: int, max_tries: int,
+                          bad_sample_log: str | None) -> None:
+        self.tracker = BadSampleTracker(max_bad_fraction, bad_check_after, bad_sample_log)
+        self.max_tries = int(max_tries)
+        self._known_bad: dict[int, BadSample] = {}
+
+    def _load(self, i: int) -> dict:  # pragma: no cover - implemented by subclasses
+        raise NotImplementedError
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counts in this process (`seen == good + bad`); with DataLoader workers, aggregate `skipped`."""
+        return self.tracker.stats
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self)
+        index = int(index)
+        skipped = []
+        for k in range(min(self.max_tries, n)):
+            i = (index + k) % n
+            if i in self._known_bad:
+                err = self._known_bad[i]
+            else:
+                try:
+                    item = self._load(i)
+                except BadSample as e:
+                    err = e
+                    if not e.transient:
+                        self._known_bad[i] = e
+                else:
+                    if k == 0:
+                        self.tracker.good(total=n)
+                    item["skipped"] = skipped
+                    return item
+            if k == 0:
+                skipped.append({"id": err.sample_id, "reason": err.reason})
+                self.tracker.record(err, total=n)
+        raise TooManyBadSamples(f"samples {index}..{index + min(self.max_tries, n) - 1} (mod {n}) are all bad; "
+                                f"last: {err.reason}")
+
+
+class SampleDataset(SkipBadSamples, Dataset):
+    """Map-style dataset over samples (a list of dicts, or a dataset folder / shard / glob). Bad samples:
+    `SkipBadSamples` (item `index`, or the next good one after it)."""
 
     def __init__(self, samples, tokenizer, cfg: VideoChatConfig, video_root=None, sampling: str = "rand", seed: int = 0,
                  feature_cache=None, max_length: int | None = None, max_bad_fraction: float = 0.01, *,
@@ -300,17 +363,13 @@ class SampleDataset(Dataset):
         # shard lines are stored as read (no parse + re-serialise of millions of samples at start-up)
         self.samples = PackedSamples(raw_lines(samples, split) if _is_paths(samples) else samples)
         self.proc = _Processor(tokenizer, cfg, video_root, sampling, seed, feature_cache, max_length, transform, backend)
-        self.tracker = BadSampleTracker(max_bad_fraction, bad_check_after, bad_sample_log)
-        self.max_tries = int(max_tries)
-        self._known_bad: dict[int, BadSample] = {}  # per process: never decode a known-bad sample twice
+        self._init_bad_samples(max_bad_fraction, bad_check_after, max_tries, bad_sample_log)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    @property
-    def stats(self) -> dict[str, Any]:
-        """Counts in this process (`seen == good + bad`); with DataLoader workers, aggregate `skipped`."""
-        return self.tracker.stats
+    def _load(self, i: int) -> dict:
+        return self.proc(self.samples[i], i)
 
     def set_epoch(self, epoch: int) -> None:
         """New `rand` frame draws per epoch (also call `LengthGroupedSampler.set_epoch`)."""
@@ -326,33 +385,6 @@ class SampleDataset(Dataset):
             except (AttributeError, TypeError, ValueError):  # malformed: it will be skipped when loaded
                 out.append(0)
         return out
-
-    def __getitem__(self, index: int) -> dict:
-        """Sample `index`, or when it is bad the next good one after it (wrapping). Only `index`'s own failure
-        is counted and listed in `skipped`: the ones passed over are counted when their own index comes up,
-        so every bad sample is counted once per epoch even across DataLoader workers."""
-        n = len(self)
-        index = int(index)
-        skipped = []
-        for k in range(min(self.max_tries, n)):
-            i = (index + k) % n
-            if i in self._known_bad:
-                err = self._known_bad[i]
-            else:
-                try:
-                    item = self.proc(self.samples[i], i)
-                except BadSample as e:
-                    err = self._known_bad[i] = e
-                else:
-                    if k == 0:
-                        self.tracker.good()
-                    item["skipped"] = skipped
-                    return item
-            if k == 0:
-                skipped.append({"id": err.sample_id, "reason": err.reason})
-                self.tracker.record(err, total=n)
-        raise TooManyBadSamples(f"samples {index}..{index + min(self.max_tries, n) - 1} (mod {n}) are all bad; "
-                                f"last: {err.reason}")
 
 
 from videochat.data_stream import StreamingSampleDataset  # noqa: E402,F401  (re-exported; imports this module)

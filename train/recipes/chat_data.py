@@ -1,5 +1,5 @@
 """Shared by the align and instruct recipes: sample sets -> `videochat.data.SampleDataset`, the collator and
-the loss module (the chat model's own forward with labels)."""
+the loss module (token cross-entropy from the chat model's logits, normalised per optimizer step)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,19 @@ from torch import nn
 
 from train.config import TrainConfig
 
-BATCH_KEYS = ("input_ids", "attention_mask", "labels", "clip_frames", "clip_features", "num_clips")
+IGNORE_INDEX = -100
+BATCH_KEYS = ("input_ids", "attention_mask", "clip_frames", "clip_features", "num_clips")  # labels: used here
 
 
 class ChatLoss(nn.Module):
-    """forward(batch) -> the LLM's mean token cross-entropy over assistant tokens (labels != -100)."""
+    """forward(batch) -> token cross-entropy over assistant tokens (labels != -100, shifted by one), summed and
+    divided by `batch["num_items_in_batch"]` (the loop's count of label tokens in the whole accumulation window
+    over all ranks) when given, else by this batch's own count (the plain token mean).
+
+    The loss is computed here from the logits (fp32) rather than by the LLM, so the normalisation never depends
+    on whether a given HF model forwards `num_items_in_batch` to its loss: every optimizer step weighs every
+    assistant token the same, however the window is split into micro-batches and ranks (as transformers'
+    Trainer does with `num_items_in_batch`)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -20,7 +28,21 @@ class ChatLoss(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         out = self.model(**{k: batch[k] for k in BATCH_KEYS if batch.get(k) is not None})
-        return out.loss
+        logits = out.logits  # [B, L, V]
+        labels = batch["labels"].to(logits.device)  # [B, L]
+        # position t predicts token t+1: pad labels on the right instead of slicing a copy of the logits
+        target = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+        total = nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                            ignore_index=IGNORE_INDEX, reduction="sum")
+        n = batch.get("num_items_in_batch")
+        if n is None:
+            n = (target != IGNORE_INDEX).sum().clamp(min=1)
+        return total / n
+
+
+def targets(batch: dict) -> int:
+    """Label tokens of a collated batch that enter the loss (after the shift by one); from CPU tensors."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
 def count(batch: dict) -> tuple[int, int]:

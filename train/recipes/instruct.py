@@ -8,7 +8,7 @@ from train.config import ConfigError, TrainConfig
 from train.engine import Dist
 from train.modeling import build_chat_model
 from train.recipes import RecipeParts
-from train.recipes.chat_data import ChatLoss, chat_datasets, count
+from train.recipes.chat_data import ChatLoss, chat_datasets, count, targets
 
 
 def build(cfg: TrainConfig, dist: Dist) -> RecipeParts:
@@ -26,5 +26,5 @@ def build(cfg: TrainConfig, dist: Dist) -> RecipeParts:
     train, val, collate, lengths = chat_datasets(cfg, model)
     return RecipeParts(model=model, step_module=ChatLoss(model), train_data=train, collate=collate,
                        val_data=val, lengths=lengths, parameter_table=model.trainable_parameter_table(),
-                       count=count,
+                       count=count, targets=targets,
                        must_be_frozen=lambda n: n.startswith("viclip.") or (n.startswith("llm.") and "lora_" not in n))

@@ -21,6 +21,7 @@ from train.config import ConfigError, TrainConfig
 from train.engine import Dist
 from train.recipes import RecipeParts
 from train.validate import generic_parameter_table
+from videochat.data import BadSample, SkipBadSamples
 
 
 def caption_pairs(samples: list[dict]) -> tuple[list[tuple[dict, dict, str]], list[tuple[str, str]]]:
@@ -44,11 +45,17 @@ def caption_pairs(samples: list[dict]) -> tuple[list[tuple[dict, dict, str]], li
     return pairs, rejected
 
 
-class CaptionClips(Dataset):
-    """(clip frames, caption ids) pairs. Frame sampling is seeded per (seed, epoch, index): resumable."""
+class CaptionClips(SkipBadSamples, Dataset):
+    """(clip frames, caption ids) pairs. Frame sampling is seeded per (seed, epoch, index): resumable.
+
+    A clip that cannot be decoded is handled like a bad sample of `videochat.data.SampleDataset`: skipped for
+    the next good pair (deterministically), counted, logged, listed in the batch's `skipped`; past
+    `max_bad_fraction` the run stops with `TooManyBadSamples` naming the commonest reasons."""
 
     def __init__(self, pairs, tokenizer, image_size: int, num_frames: int, text_length: int, video_root=None,
-                 seed: int = 0, sampling: str = "rand", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+                 seed: int = 0, sampling: str = "rand", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                 max_bad_fraction: float = 0.01, bad_check_after: int = 200, max_tries: int = 64,
+                 bad_sample_log: str | None = None):
         from videochat.transforms import FrameTransform
 
         self.pairs = pairs
@@ -60,6 +67,7 @@ class CaptionClips(Dataset):
         self.seed = seed
         self.sampling = sampling
         self.epoch = 0
+        self._init_bad_samples(max_bad_fraction, bad_check_after, max_tries, bad_sample_log)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -67,25 +75,37 @@ class CaptionClips(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, i: int) -> dict:
-        from videochat.video import read_clip
+    def _load(self, i: int) -> dict:
+        from videochat.video import VideoDecodeError, read_clip
 
         video, clip, text = self.pairs[i]
         path = Path(video["path"])
         if self.root is not None and not path.is_absolute():
             path = self.root / path
         seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + i
-        c = read_clip(path, clip.get("start"), clip.get("end"), self.num_frames, self.sampling, seed=seed)
+        sid = f"{video.get('video_id', video['path'])}@{clip.get('start')}-{clip.get('end')}"
+        try:
+            c = read_clip(path, clip.get("start"), clip.get("end"), self.num_frames, self.sampling, seed=seed)
+        except VideoDecodeError as e:  # a verdict on the file
+            raise BadSample(sid, str(e), type(e).__name__) from None
+        except OSError as e:  # storage hiccup: retried the next time this index comes up
+            raise BadSample(sid, f"{type(e).__name__}: {e}", type(e).__name__, transient=True) from None
         ids = self.tokenizer([text], context_length=self.text_length)[0]
-        return {"frames": self.transform(c.frames), "text_ids": ids}
+        return {"frames": self.transform(c.frames), "text_ids": ids, "id": sid}
 
 
 def collate(items: list[dict]) -> dict:
-    return {"frames": torch.stack([x["frames"] for x in items]), "text_ids": torch.stack([x["text_ids"] for x in items])}
+    return {"frames": torch.stack([x["frames"] for x in items]), "text_ids": torch.stack([x["text_ids"] for x in items]),
+            "skipped": [s for x in items for s in x.get("skipped", [])]}
 
 
 class ContrastiveLoss(nn.Module):
-    """forward(batch) -> InfoNCE loss (patch masking only in training mode)."""
+    """forward(batch) -> InfoNCE loss (patch masking only in training mode).
+
+    The targets are the clips (`targets(batch)` = batch size): the batch's mean InfoNCE times its size, divided
+    by `batch["num_items_in_batch"]` (clips in the optimizer step, all ranks) when the loop sets it. With equal
+    micro-batches this is the mean over micro-batches, as before; the in-batch negatives make the loss itself
+    depend on the micro-batch size, which no normalisation can undo."""
 
     def __init__(self, model: nn.Module, mask_ratio: float):
         super().__init__()
@@ -95,7 +115,12 @@ class ContrastiveLoss(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         ratio = self.mask_ratio if self.training else 0.0
         loss, _ = self.model.contrastive_loss(batch["frames"], batch["text_ids"], mask_ratio=ratio)
-        return loss
+        n = batch.get("num_items_in_batch")
+        return loss if n is None else loss * batch["frames"].shape[0] / n
+
+
+def targets(batch: dict) -> int:
+    return int(batch["frames"].shape[0])
 
 
 def load_tokenizer(cfg: TrainConfig, captions: list[str]):
@@ -172,7 +197,8 @@ def build(cfg: TrainConfig, dist: Dist) -> RecipeParts:
         model.set_gradient_checkpointing(True)
     v = cfg.model.viclip
     kw = dict(tokenizer=tok, image_size=v.image_size, num_frames=cfg.model.num_frames, text_length=d.text_length,
-              video_root=d.video_root, seed=cfg.seed, mean=cfg.model.pixel_mean, std=cfg.model.pixel_std)
+              video_root=d.video_root, seed=cfg.seed, mean=cfg.model.pixel_mean, std=cfg.model.pixel_std,
+              max_bad_fraction=d.max_bad_fraction)
     train = CaptionClips(train_pairs, sampling="rand", **kw)
     val = None
     if d.val_split:
@@ -189,5 +215,5 @@ def build(cfg: TrainConfig, dist: Dist) -> RecipeParts:
 
     return RecipeParts(model=model, step_module=ContrastiveLoss(model, cfg.viclip.mask_ratio), train_data=train,
                        collate=collate, val_data=val, parameter_table=generic_parameter_table(model, depth=1),
-                       count=lambda b: (int(b["frames"].shape[0]), int((b["text_ids"] != 0).sum())),
+                       count=lambda b: (int(b["frames"].shape[0]), int((b["text_ids"] != 0).sum())), targets=targets,
                        finalize=finalize, must_be_frozen=lambda n: _frozen_name(n, cfg))
