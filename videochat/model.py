@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from videochat import model_params
 from videochat.config import VideoChatConfig
 from videochat.model_llm import (
     add_lora,
@@ -230,6 +231,10 @@ class VideoChatModel(nn.Module):
             if want.shape != have.shape or bool((want != have).any()):
                 raise ValueError(f"placeholder ids per row {have.tolist()} != num_clips x {q} = {want.tolist()}")
         if clips is None or n_clips == 0:
+            # A batch whose clips were all dropped would leave the projector out of the graph: DDP then fails
+            # on unused parameters and `align` gets no gradient. Touch it with zero weight (as LLaVA does).
+            if self.training and torch.is_grad_enabled():
+                embeds = embeds + model_params.projector_touch(self)
             return embeds
         return embeds.masked_scatter(slots.unsqueeze(-1), clips.to(device=embeds.device, dtype=embeds.dtype))
 
@@ -323,27 +328,8 @@ class VideoChatModel(nn.Module):
     # ------------------------------------------------------------------ parameters
 
     def trainable_parameter_table(self) -> list[tuple[str, int, int]]:
-        """(module, trainable, total) parameter counts for viclip, vision_ln, the projector's parts, the LLM
-        (base weights and LoRA adapters separately) and a final "total" row."""
-        def count(params):
-            params = list(params)
-            return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-        rows = [
-            ("viclip", *count(self.viclip.parameters())),
-            ("vision_ln", *count(self.vision_ln.parameters())),
-            ("projector.qformer", *count(self.projector.qformer.parameters())),
-            ("projector.queries", *count([self.projector.query_tokens, self.projector.extra_query_tokens])),
-            ("projector.proj", *count(self.projector.proj.parameters())),
-        ]
-        llm_named = list(self.llm.named_parameters())
-        lora = [p for n, p in llm_named if "lora_" in n]
-        base = [p for n, p in llm_named if "lora_" not in n]
-        rows.append(("llm", *count(base)))
-        if lora:
-            rows.append(("llm.lora", *count(lora)))
-        rows.append(("total", sum(r[1] for r in rows), sum(r[2] for r in rows)))
-        return rows
+        """(module, trainable, total) parameter counts per part; see `videochat.model_params`."""
+        return model_params.parameter_table(self)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter with requires_grad, by its name in this module (what a training checkpoint needs)."""
@@ -351,17 +337,7 @@ class VideoChatModel(nn.Module):
 
     def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Strict inverse of `trainable_state_dict`: exactly the trainable names, same shapes."""
-        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        missing = sorted(set(params) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(params))
-        bad = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(params[k].shape)}"
-               for k in sorted(set(params) & set(state_dict)) if state_dict[k].shape != params[k].shape]
-        if missing or unexpected or bad:
-            raise ValueError(f"trainable state dict mismatch: missing {missing[:20]}, unexpected {unexpected[:20]}, "
-                             f"shape {bad[:20]} ({len(missing)}/{len(unexpected)}/{len(bad)})")
-        with torch.no_grad():
-            for k, p in params.items():
-                p.copy_(state_dict[k].to(device=p.device, dtype=p.dtype))
+        model_params.load_trainable(self, state_dict)
 
     # ------------------------------------------------------------------ save / load (videochat.model_io)
 
