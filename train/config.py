@@ -47,6 +47,14 @@ class DataConfig:
     """DataLoader worker processes."""
     text_length: int = 32
     """viclip recipe: caption tokens (CLIP context length)."""
+    packing: bool = False
+    """align / instruct: pack several samples into each row (`videochat.packing`): per-sample position_ids
+    restarting at 0 and no attention_mask, so no sample attends to another; rows are planned by
+    `PackedBatchSampler` (group_by_length is then not used). See docs/packing.md for when it pays off."""
+    packing_max_tokens: int | None = None
+    """Tokens per packed row; None = data.max_length (which must be <= this, so every sample fits a row)."""
+    packing_rows: int | None = None
+    """Packed rows per micro-batch per device; None = batch_size."""
 
 
 @dataclass
@@ -192,8 +200,35 @@ class TrainConfig:
             raise ConfigError("model.llm.load_in_4bit (QLoRA) needs model.lora.enabled=true: 4-bit weights cannot be trained")
         if self.engine.kind == "deepspeed" and not self.engine.deepspeed_config:
             raise ConfigError("engine.deepspeed_config: engine.kind=deepspeed needs a JSON, e.g. train/deepspeed/zero2.json")
+        self._check_packing()
         if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
             raise ConfigError(f"resume: {self.resume!r} is neither auto, never nor a checkpoint folder")
+
+    def _check_packing(self) -> None:
+        d = self.data
+        if d.packing_max_tokens is not None and d.packing_max_tokens < 1:
+            raise ConfigError(f"data.packing_max_tokens: must be >= 1 (or null for data.max_length), got "
+                              f"{d.packing_max_tokens}")
+        if d.packing_rows is not None and d.packing_rows < 1:
+            raise ConfigError(f"data.packing_rows: must be >= 1 (or null for batch_size), got {d.packing_rows}")
+        if not d.packing:
+            return
+        if self.recipe == "viclip":
+            raise ConfigError("data.packing: the viclip recipe trains on (clip, caption) pairs, not token sequences; "
+                              "packing is for the align and instruct recipes (set data.packing=false)")
+        if d.packing_max_tokens is None and d.max_length is None:
+            raise ConfigError("data.packing needs a row length: set data.packing_max_tokens (or data.max_length)")
+        if d.max_length is not None and d.packing_max_tokens is not None and d.max_length > d.packing_max_tokens:
+            raise ConfigError(f"data.max_length={d.max_length} > data.packing_max_tokens={d.packing_max_tokens}: a "
+                              f"sample could not fit a packed row; lower data.max_length or raise packing_max_tokens")
+
+    def packing_shape(self) -> tuple[int, int]:
+        """(tokens per packed row, rows per micro-batch) with the defaults filled in (data.packing only)."""
+        tokens = self.data.packing_max_tokens if self.data.packing_max_tokens is not None else self.data.max_length
+        if tokens is None:
+            raise ConfigError("data.packing needs a row length: set data.packing_max_tokens (or data.max_length)")
+        rows = self.data.packing_rows if self.data.packing_rows is not None else self.batch_size
+        return int(tokens), int(rows)
 
 
 def _deep_merge(base: dict, top: dict) -> dict:

@@ -4,7 +4,8 @@ Exact resume: the batch order is a pure function of (seed, epoch) (`train.sample
 stores the trainable weights, optimizer (+ scaler / DeepSpeed partitions), scheduler step, every rank's RNG
 states and the data position (epoch, next batch). A run killed at any point and restarted with the same
 config continues from the newest complete checkpoint and reproduces the uninterrupted run bitwise on CPU
-(tested with SIGKILL in tests/test_train_resume.py). With `data.num_workers > 0` this additionally needs the
+(tested with SIGKILL in tests/test_train_resume.py; with `data.packing` too, whose `PackedBatchSampler` plans
+each epoch's rows from (seed, epoch) alone: tests/test_train_packing.py). With `data.num_workers > 0` this additionally needs the
 dataset's own randomness to be per-sample seeded (SampleDataset's `seed` is).
 """
 
@@ -65,10 +66,7 @@ class Trainer:
         model = self.parts.model
         self.optimizer = build_optimizer(model, cfg.optim)
         check_optimizer_covers(model, self.optimizer)
-        self.sampler = ResumableBatchSampler(
-            len(self.parts.train_data), cfg.batch_size, seed=cfg.seed, rank=self.dist.rank,
-            world_size=self.dist.world_size, lengths=self.parts.lengths, group_by_length=cfg.data.group_by_length,
-        )
+        self.sampler = self._make_sampler()
         self.steps_per_epoch = len(self.sampler) // cfg.grad_accum
         if self.steps_per_epoch < 1 and cfg.max_steps is None:
             raise ValueError(f"one epoch has {len(self.sampler)} micro-batches per rank, fewer than grad_accum="
@@ -81,6 +79,25 @@ class Trainer:
                                                barrier=self.engine.barrier)
         self.resumed_from = self._maybe_resume()
         self._abandon_newer_checkpoints()
+
+    def _make_sampler(self):
+        """The batch sampler: packed rows (`data.packing`) or padded, optionally length-grouped, batches. Both are
+        pure functions of (seed, epoch) with `set_position(epoch, batch)`, so exact resume works the same.
+        Packed: rows planned at 90% of `max_tokens` from the dataset's approximate lengths, headroom that
+        keeps the collator's re-packing with the real lengths at the planned row count."""
+        cfg, parts = self.cfg, self.parts
+        if cfg.data.packing:
+            from videochat.packing import PackedBatchSampler
+
+            if parts.lengths is None:
+                raise ValueError(f"data.packing: the {cfg.recipe} recipe gives no per-sample lengths to plan rows")
+            max_tokens, rows = cfg.packing_shape()
+            return PackedBatchSampler(parts.lengths, max_tokens, rows, seed=cfg.seed, rank=self.dist.rank,
+                                      world_size=self.dist.world_size, fill=0.9)
+        return ResumableBatchSampler(
+            len(parts.train_data), cfg.batch_size, seed=cfg.seed, rank=self.dist.rank,
+            world_size=self.dist.world_size, lengths=parts.lengths, group_by_length=cfg.data.group_by_length,
+        )
 
     # ------------------------------------------------------------------ resume
     def _resume_source(self) -> Path | None:

@@ -1,5 +1,10 @@
 """Shared by the align and instruct recipes: sample sets -> `videochat.data.SampleDataset`, the collator and
-the loss module (token cross-entropy from the chat model's logits, normalised per optimizer step)."""
+the loss module (token cross-entropy from the chat model's logits, normalised per optimizer step).
+
+With `data.packing` the collator is `videochat.packing.PackingCollator(order="in_order")` (rows planned by the
+loop's `PackedBatchSampler`): batches carry `position_ids` [R, L] and no `attention_mask`, plus `num_samples` /
+`num_tokens` for the throughput counts. The collator sets the first label of every sample to -100 (never a
+target unpacked either), so `targets` / `num_items_in_batch` count the same tokens packed or padded."""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ from torch import nn
 from train.config import TrainConfig
 
 IGNORE_INDEX = -100
-BATCH_KEYS = ("input_ids", "attention_mask", "clip_frames", "clip_features", "num_clips")  # labels: used here
+BATCH_KEYS = ("input_ids", "attention_mask", "position_ids", "clip_frames", "clip_features",
+              "num_clips")  # labels: used here
 
 
 class ChatLoss(nn.Module):
@@ -27,7 +33,10 @@ class ChatLoss(nn.Module):
         self.model = model
 
     def forward(self, batch: dict) -> torch.Tensor:
-        out = self.model(**{k: batch[k] for k in BATCH_KEYS if batch.get(k) is not None})
+        kwargs = {k: batch[k] for k in BATCH_KEYS if batch.get(k) is not None}
+        if "position_ids" in kwargs:  # packed rows: a KV cache (even empty) would disable the per-sample mask
+            kwargs["use_cache"] = False
+        out = self.model(**kwargs)
         logits = out.logits  # [B, L, V]
         labels = batch["labels"].to(logits.device)  # [B, L]
         # position t predicts token t+1: pad labels on the right instead of slicing a copy of the logits
@@ -46,8 +55,13 @@ def targets(batch: dict) -> int:
 
 
 def count(batch: dict) -> tuple[int, int]:
-    """(samples, tokens) of a collated batch; tokens = non-padding sequence positions (clip slots included)."""
-    return int(batch["input_ids"].shape[0]), int(batch["attention_mask"].sum())
+    """(samples, tokens) of a collated batch; tokens = non-padding sequence positions (clip slots included).
+    Packed batches say so themselves (`num_samples`, `num_tokens`): their rows hold several samples."""
+    samples = batch.get("num_samples")
+    if samples is None:
+        samples = batch["input_ids"].shape[0]
+    tokens = batch["num_tokens"] if "num_tokens" in batch else batch["attention_mask"].sum()
+    return int(samples), int(tokens)
 
 
 def _load_samples(path: str, split: str) -> list[dict]:
@@ -60,7 +74,8 @@ def _load_samples(path: str, split: str) -> list[dict]:
 
 
 def chat_datasets(cfg: TrainConfig, model) -> tuple:
-    """(train dataset, val dataset | None, collate, lengths | None) for a chat recipe."""
+    """(train dataset, val dataset | None, collate, lengths | None) for a chat recipe. Lengths are given when
+    batches are length-grouped or packed (the packing sampler plans rows from them)."""
     from videochat.data import Collator, SampleDataset
 
     d = cfg.data
@@ -83,6 +98,12 @@ def chat_datasets(cfg: TrainConfig, model) -> tuple:
     pad = model.tokenizer.pad_token_id
     if pad is None:
         pad = model.tokenizer.eos_token_id
-    collate = Collator(pad)
-    lengths = list(train.lengths()) if cfg.data.group_by_length else None
+    if d.packing:
+        from videochat.packing import PackingCollator
+
+        max_tokens, _ = cfg.packing_shape()
+        collate = PackingCollator(pad, max_tokens=max_tokens, order="in_order")
+    else:
+        collate = Collator(pad)
+    lengths = list(train.lengths()) if (d.group_by_length or d.packing) else None
     return train, val, collate, lengths
