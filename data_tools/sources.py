@@ -114,16 +114,38 @@ def plan_tasks(paths: list[str], task_bytes: int | None = None) -> list[Task]:
     return tasks
 
 
-def _read_range(path: str, start: int, end: int):
-    with open(path, "rb") as f:
+def _range_pieces(path: str, start: int, end: int):
+    """(piece, lines) for a byte range of a plain file, cut after the last newline of each ~16 MB read.
+
+    Pieces are memoryviews of one buffer that is refilled in place (``readinto``; only the short tail after
+    the cut moves), so there is no join or slice copy per piece. A piece is only valid until the next one:
+    the readers copy what they keep.
+    """
+    buf = bytearray(PIECE_BYTES)
+    have, left = 0, end - start
+    with open(path, "rb", buffering=0) as f:
         f.seek(start)
-        left = end - start
-        while left > 0:
-            b = f.read(min(PIECE_BYTES, left))
-            if not b:
-                break
-            left -= len(b)
-            yield b
+        while True:
+            while have < len(buf) and left > 0:
+                with memoryview(buf) as mv:
+                    n = f.readinto(mv[have: have + min(len(buf) - have, left)])
+                if not n:
+                    left = 0
+                    break
+                have, left = have + n, left - n
+            if have == 0:
+                return
+            cut = buf.rfind(b"\n", 0, have) + 1 if left > 0 else have
+            if cut <= 0:  # one line longer than the buffer: a bigger one (a piece may still be viewed)
+                bigger = bytearray(2 * len(buf))
+                bigger[:have] = buf[:have]
+                buf = bigger
+                continue
+            nl = buf.count(b"\n", 0, cut) + (0 if buf[cut - 1] == 10 else 1)
+            with memoryview(buf) as mv:
+                yield mv[:cut], nl
+            buf[: have - cut] = buf[cut:have]
+            have -= cut
 
 
 def _cut_pieces(blocks, csv_quotes: bool = False):
@@ -169,7 +191,7 @@ def _json_piece(piece: bytes, first_line: int, n_lines: int | None = None) -> Ra
         raw = raw_from_table(table, np.arange(first_line, first_line + n_lines, dtype=np.int64))
         if raw is not None:
             return raw
-    return raw_from_records(iter_json_records(piece, first_line))
+    return raw_from_records(iter_json_records(bytes(piece), first_line))
 
 
 def _csv_piece(piece: bytes, header: list[str], first_line: int, n_lines: int | None = None) -> Raw:
@@ -196,12 +218,13 @@ def iter_task(task: Task):
     The caller sums the second item to know how many lines the task covered (None: a CSV header line).
     """
     if task.kind == "jsonl":
-        if task.end >= 0:
-            blocks = _read_range(task.path, task.start, task.end)
-        else:
-            blocks = _iter_file(task.path)
         line = 1
-        for piece in _cut_pieces(blocks):
+        if task.end >= 0:  # plain file: pieces are views of one reused buffer
+            for piece, nl in _range_pieces(task.path, task.start, task.end):
+                yield _json_piece(piece, line, nl), nl
+                line += nl
+            return
+        for piece in _cut_pieces(_iter_file(task.path)):
             nl = _line_count(piece)
             yield _json_piece(piece, line, nl), nl
             line += nl

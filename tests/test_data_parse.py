@@ -211,3 +211,34 @@ def test_small_pieces_and_tasks_keep_rows_and_line_numbers(tmp_path, monkeypatch
     dup = [r for r in ref["big"][0] if r["reason"].startswith("exact duplicate")]
     assert len(dup) == len(data)  # the CSV repeats every JSONL row; the first occurrence (JSONL) is kept
     assert {r["line"] for r in ref["big"][0] if r["file"] == str(jl)} == {18}
+
+
+def test_range_pieces_cut_at_newlines_and_grow(tmp_path, monkeypatch):
+    """The reused-buffer reader: pieces end at newlines, a line longer than the buffer grows it, a missing
+    final newline still counts a line, and the concatenated pieces are the byte range."""
+    import data_tools.sources as src
+
+    lines = [b"x" * n for n in (5, 40, 3, 0, 90, 7)]
+    data = b"\n".join(lines)  # no trailing newline
+    p = tmp_path / "f.jsonl"
+    p.write_bytes(data)
+    monkeypatch.setattr(src, "PIECE_BYTES", 16)
+    got, n = [], 0
+    for piece, nl in src._range_pieces(str(p), 0, len(data)):
+        b = bytes(piece)
+        assert b.endswith(b"\n") or len(b"".join(got)) + len(b) == len(data)
+        got.append(b)
+        n += nl
+    assert b"".join(got) == data and n == len(lines)
+
+
+def test_runs_and_sparse_join_without_copies():
+    from data_tools.render import runs, sparse
+    from data_tools.strfmt import fmt_rows
+
+    a = pa.array(["a", "bc", "", "d", "ef"])
+    assert runs(a, np.array([0, 2, 2, 5])).to_pylist() == ["abc", "", "def"]
+    assert runs(a.slice(1), np.array([0, 1, 4])).to_pylist() == ["bc", "def"]
+    assert sparse(pa.array(["X", "YZ"]), np.array([1, 3]), 5).to_pylist() == ["", "X", "", "YZ", ""]
+    assert fmt_rows([("opt", b",", np.array([False, True])), b"[", ("int", np.array([7, 12])), b"]"],
+                    2).to_pylist() == ["[7]", ",[12]"]
