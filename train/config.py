@@ -10,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from videochat.config import ConfigError, VideoChatConfig, apply_overrides, from_dict, to_dict
+from videochat.config import ConfigError, VideoChatConfig, from_dict, read_yaml, to_dict
 
 RECIPES = ("align", "instruct", "viclip")
 ENGINES = ("auto", "single", "ddp", "deepspeed")
@@ -255,13 +253,7 @@ def expand_builder(data: dict) -> dict:
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a train YAML with `key=value` overrides, strictly, and run the static checks."""
-    data: dict = {}
-    if path is not None:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-    apply_overrides(data, list(overrides or []))
+    data = read_yaml(path, overrides)
     try:
         cfg = from_dict(TrainConfig, expand_builder(data))
         cfg.check()

@@ -301,15 +301,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_yaml(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
-    """Read a YAML file (or start empty when `path` is None), apply overrides, build `cls` strictly."""
+def read_yaml(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The mapping in a YAML file (empty when `path` is None) with `key=value` overrides applied."""
     data: dict[str, Any] = {}
     if path is not None:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-    apply_overrides(data, list(overrides or []))
+    return apply_overrides(data, list(overrides or []))
+
+
+def load_yaml(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
+    """Read a YAML file (or start empty when `path` is None), apply overrides, build `cls` strictly."""
+    data = read_yaml(path, overrides)
     try:
         return from_dict(cls, data)
     except ConfigError as e:
