@@ -83,4 +83,4 @@ def _quick() -> DemoSettings:
 
 def _default() -> DemoSettings:
     return DemoSettings(world=WorldConfig(seed=0, train_videos=200, heldout_repeats=2, two_object_prob=0.25),
-                        viclip_steps=600, align_steps=1500, instruct_steps=2000)
+                        viclip_steps=1500, align_steps=1500, instruct_steps=2000)
