@@ -187,11 +187,7 @@ def _json_piece(piece: bytes, first_line: int, n_lines: int | None = None) -> Ra
         table = pj.read_json(pa.py_buffer(piece), read_options=pj.ReadOptions(use_threads=False, block_size=len(piece) + 1))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         table = None
-    if table is not None and table.num_rows == n_lines:
-        raw = raw_from_table(table, np.arange(first_line, first_line + n_lines, dtype=np.int64))
-        if raw is not None:
-            return raw
-    return raw_from_records(iter_json_records(bytes(piece), first_line))
+    return _table_or_exact(table, first_line, n_lines, lambda: iter_json_records(bytes(piece), first_line))
 
 
 def _csv_piece(piece: bytes, header: list[str], first_line: int, n_lines: int | None = None) -> Raw:
@@ -205,11 +201,17 @@ def _csv_piece(piece: bytes, header: list[str], first_line: int, n_lines: int | 
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         table = None
+    return _table_or_exact(table, first_line, n_lines, lambda: iter_csv_records(piece, header, first_line))
+
+
+def _table_or_exact(table, first_line: int, n_lines: int, exact_records) -> Raw:
+    """The pyarrow table when it holds exactly one row per line and converts cleanly; else the exact
+    per-line records from `exact_records()` (which reject bad lines with their line numbers)."""
     if table is not None and table.num_rows == n_lines:
         raw = raw_from_table(table, np.arange(first_line, first_line + n_lines, dtype=np.int64))
         if raw is not None:
             return raw
-    return raw_from_records(iter_csv_records(piece, header, first_line))
+    return raw_from_records(exact_records())
 
 
 def iter_task(task: Task):
