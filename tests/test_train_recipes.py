@@ -152,3 +152,31 @@ def test_viclip_skips_a_corrupt_video_and_stops_cleanly_when_too_many_are_bad(tm
                                          **{"data.max_bad_fraction": 0.2, "data.val_split": "null"})])
     err = capsys.readouterr().err
     assert rc == 3 and "samples were bad" in err and "max_bad_fraction" in err and "VideoDecodeError" in err
+
+
+def test_viclip_frame_cache_returns_what_decoding_returns(tmp_path):
+    """`viclip.cache_frames`: each window decoded once, every epoch's frames sampled in memory, identical to
+    decoding them; a corrupt video stays a skipped bad sample."""
+    from train.recipes.chat_data import _load_samples
+    from train.recipes.viclip import CaptionClips, caption_pairs
+    from videochat import clip_tokenizer as ct
+
+    data = make_samples(tmp_path, n_train=6, n_val=0)
+    (data / "videos" / "train2.mp4").write_bytes(b"\x00not an mp4" * 64)
+    pairs, _ = caption_pairs(_load_samples(str(data), "train"))
+    tok = ct.ClipTokenizer.from_merges(ct.learn_bpe_merges([t for *_, t in pairs], 16), context_length=8)
+    kw = dict(tokenizer=tok, image_size=32, num_frames=4, text_length=8, video_root=str(data), seed=3,
+              max_bad_fraction=0.5, bad_check_after=100)
+    plain, cached = CaptionClips(pairs, **kw), CaptionClips(pairs, cache_frames=True, **kw)
+    assert len(cached._cache) == len({(v["path"], c["start"], c["end"]) for v, c, _ in pairs})
+    skipped = []
+    for epoch in (0, 1):
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for i in range(len(pairs)):
+            a, b = plain[i], cached[i]
+            assert a["id"] == b["id"] and torch.equal(a["frames"], b["frames"]) and torch.equal(a["text_ids"], b["text_ids"])
+            assert a.get("skipped") == b.get("skipped")
+            skipped += [s["id"] for s in b.get("skipped", [])]
+    assert skipped and all(s.startswith("train2") for s in skipped)
+    assert cached.stats["bad"] == plain.stats["bad"] == len(skipped)

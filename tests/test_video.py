@@ -258,3 +258,22 @@ def test_bad_arguments_are_value_errors(vid):
     with pytest.raises(ValueError):
         read_clip(vid, backend="opencv")
     assert os.path.exists(vid)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_frames_then_subsample_equals_read_clip(vid, backend):
+    """sampling `all` returns every frame of the window; `subsample` draws from it exactly what `read_clip`
+    returns for the same window, mode and seed."""
+    from videochat.video import subsample
+
+    whole = read_clip(vid, 0.45, 2.05, backend=backend, sampling="all")
+    assert whole.indices == list(range(4, 21))  # the frame shown at 0.45 s (0.4) .. at 2.05 s (2.0)
+    assert [frame_index(f) for f in whole.frames] == whole.indices
+    for sampling, n in (("rand", 4), ("middle", 6), ("fps:3", 8)):
+        for seed in range(4):
+            want = read_clip(vid, 0.45, 2.05, n, sampling, seed=seed, backend=backend)
+            got = subsample(whole, n, sampling, seed)
+            assert got.indices == want.indices and got.timestamps == want.timestamps
+            assert np.array_equal(got.frames, want.frames) and (got.start, got.end) == (want.start, want.end)
+    with pytest.raises(ValueError, match="window_indices"):
+        sample_times(0.0, 1.0, 4, "all")

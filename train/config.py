@@ -112,6 +112,10 @@ class ViCLIPTrainConfig:
     """CLIP BPE vocabulary file (`bpe_simple_vocab_16e6.txt.gz`); None = the bundled one."""
     gradient_checkpointing: bool = False
     """Non-reentrant activation checkpointing of every ViCLIP block (vision and text)."""
+    cache_frames: bool = False
+    """Decode every training clip once (all its frames, before training starts) and sample each epoch's
+    frames from memory (`videochat.video.subsample`: the frames `read_clip` would return). For small sets
+    of short clips that are read many times (the demo): memory = clips x frames x H x W x 3 bytes."""
     output_name: str = "viclip.pth"
     """File written at the end in the released layout `{"model": state_dict}` (load via
     `model.viclip_checkpoint`)."""

@@ -46,7 +46,7 @@ class DemoSettings:
     """The synthetic world."""
     lm: LMSettings = field(default_factory=LMSettings)
     """Tokenizer + tiny LLM pretraining."""
-    viclip_steps: int = 600
+    viclip_steps: int = 1000
     """Contrastive ViCLIP pretraining steps."""
     viclip_batch: int = 32
     """Clips per contrastive step (in-batch negatives)."""
@@ -77,10 +77,10 @@ def _quick() -> DemoSettings:
     return DemoSettings(
         world=WorldConfig(seed=0, train_videos=100, heldout_repeats=1, two_object_prob=0.2),
         lm=LMSettings(steps=600),
-        viclip_steps=250, viclip_batch=32, align_steps=400, instruct_steps=600, batch_size=16,
+        viclip_steps=1000, viclip_batch=32, align_steps=400, instruct_steps=600, batch_size=16,
     )
 
 
 def _default() -> DemoSettings:
     return DemoSettings(world=WorldConfig(seed=0, train_videos=200, heldout_repeats=2, two_object_prob=0.25),
-                        viclip_steps=1500, align_steps=1500, instruct_steps=2000)
+                        viclip_steps=6000, align_steps=1500, instruct_steps=2000)

@@ -13,7 +13,11 @@ Sampling over the window `[start, end]` (clamped to the video; `Clip.clamped` sa
   (eval / serving; deterministic);
 - `rand`: one uniformly random time inside each segment (training; `seed` makes it reproducible);
 - `fps:X`: X frames per second of window (segment centres), capped at `num_frames` (fewer frames for short
-  windows; the cap spreads them evenly over the whole window).
+  windows; the cap spreads them evenly over the whole window);
+- `all`: every frame of the window (from the frame shown at `start` to the one shown at `end`; `num_frames`
+  is ignored). `subsample(clip, T, sampling, seed)` then draws any of the modes above from it in memory,
+  returning exactly what `read_clip` would (same timeline, same sampling function): decode a short clip
+  once, sample it every epoch (`viclip.cache_frames`).
 "The frame shown at time t" is the last frame whose timestamp is <= t, so variable frame rate is handled
 exactly and a window shorter than T frames simply repeats frames. Each distinct frame is decoded once.
 
@@ -127,8 +131,8 @@ class Clip:
 
 
 def parse_sampling(sampling: str) -> tuple[str, float | None]:
-    """`"middle"|"rand"|"fps:X"` -> (mode, X or None); raises ValueError for anything else."""
-    if sampling in ("middle", "rand"):
+    """`"middle"|"rand"|"all"|"fps:X"` -> (mode, X or None); raises ValueError for anything else."""
+    if sampling in ("middle", "rand", "all"):
         return sampling, None
     if sampling.startswith("fps:"):
         try:
@@ -138,7 +142,7 @@ def parse_sampling(sampling: str) -> tuple[str, float | None]:
         if not math.isfinite(fps) or fps <= 0:
             raise ValueError(f"sampling {sampling!r}: fps:X needs a positive number X")
         return "fps", fps
-    raise ValueError(f"unknown sampling {sampling!r} (expected middle, rand or fps:X)")
+    raise ValueError(f"unknown sampling {sampling!r} (expected middle, rand, all or fps:X)")
 
 
 def sample_times(
@@ -148,6 +152,8 @@ def sample_times(
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     mode, fps = parse_sampling(sampling)
+    if mode == "all":
+        raise ValueError("sampling 'all' depends on the frame timeline: use window_indices()")
     span = max(0.0, end - start)
     n = num_frames
     if mode == "fps":
@@ -166,6 +172,24 @@ def frame_indices_at(frame_times: np.ndarray, times: list[float]) -> list[int]:
     precedes it). `frame_times` is sorted ascending (presentation order)."""
     idx = np.searchsorted(frame_times, np.asarray(times, dtype=np.float64) + _EPS, side="right") - 1
     return np.clip(idx, 0, len(frame_times) - 1).astype(int).tolist()
+
+
+def window_indices(frame_times: np.ndarray, start: float, end: float) -> list[int]:
+    """Every frame shown during `[start, end]` (sampling `all`): the frame shown at `start` through the
+    frame shown at `end`. Any time in the window maps to one of them, so `subsample` is exact."""
+    first, last = frame_indices_at(frame_times, [start, end])
+    return list(range(first, last + 1))
+
+
+def subsample(clip: "Clip", num_frames: int, sampling: str = "middle", seed: int | None = None) -> "Clip":
+    """Sample `num_frames` frames from a clip read with sampling `all`, in memory: the same frames, times
+    and indices `read_clip(path, clip.start, clip.end, num_frames, sampling, seed)` returns."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    times = sample_times(clip.start, clip.end, num_frames, sampling, np.random.default_rng(seed))
+    local = frame_indices_at(np.asarray(clip.timestamps, dtype=np.float64), times)
+    return Clip(clip.frames[local], [clip.timestamps[i] for i in local], clip.clamped, clip.start, clip.end,
+                [clip.indices[i] for i in local], clip.backend)
 
 
 def resolve_window(

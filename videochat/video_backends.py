@@ -63,6 +63,8 @@ def _select(req: Request, frame_times: np.ndarray, duration: float | None = None
     if duration is None:
         duration = _v.timeline_duration(frame_times, req.info.fps)
     s, e, clamped = _v.resolve_window(req.path, req.start, req.end, duration, declared=req.info.duration)
+    if req.sampling == "all":
+        return _v.window_indices(frame_times, s, e), s, e, clamped
     rng = np.random.default_rng(req.seed)
     times = _v.sample_times(s, e, req.num_frames, req.sampling, rng)
     return _v.frame_indices_at(frame_times, times), s, e, clamped
@@ -281,6 +283,8 @@ def read_decord(req: Request) -> _v.Clip:
 def read_torchcodec(req: Request) -> _v.Clip:  # pragma: no cover - torchcodec is not installed in CI
     from torchcodec.decoders import VideoDecoder
 
+    if req.sampling == "all":
+        raise ValueError("sampling 'all' is implemented for the decord and pyav backends")
     try:
         dec = VideoDecoder(req.path, seek_mode="exact", num_ffmpeg_threads=req.num_threads or 1)
         md = dec.metadata
