@@ -1,7 +1,7 @@
 """Annotation input files -> reading tasks -> pieces of canonical rows.
 
 A task is a unit of parallel work: a byte range of a plain JSONL file (cut at newlines, which never occur
-inside a JSON record), or a whole compressed / CSV / Parquet file. Each task yields pieces of ~16 MB;
+inside a JSON record), a run of row groups of a Parquet file, or a whole compressed / CSV file. Each task yields pieces of ~16 MB;
 line numbers are relative to the task's first byte (``lines_before`` fixes them up once all tasks have
 counted their newlines), so tasks run independently and in any order.
 """
@@ -25,12 +25,14 @@ from .io import open_binary
 
 PIECE_BYTES = 16 << 20
 TASK_BYTES = 32 << 20  # small enough to balance 2+ workers on a 1 GB file
+TASK_ROWS = 200_000  # Parquet: row groups are joined into tasks of at least this many rows
 KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
 @dataclass(frozen=True)
 class Task:
-    """A unit of reading work. ``start``/``end`` are byte offsets (plain JSONL) or 0/-1 (whole file)."""
+    """A unit of reading work. ``start``/``end`` are byte offsets (plain JSONL), row-group indices (Parquet;
+    end exclusive) or 0/-1 (the whole file)."""
 
     task_id: int
     file_idx: int
@@ -94,11 +96,15 @@ def estimate_rows(path: str) -> int:
 
 
 def plan_tasks(paths: list[str], task_bytes: int | None = None) -> list[Task]:
-    """Reading tasks in input order: byte ranges of plain JSONL files (cut after a newline), whole other files."""
+    """Reading tasks in input order: byte ranges of plain JSONL files (cut after a newline), runs of row groups
+    of Parquet files (>= `TASK_ROWS` rows each), whole other files."""
     task_bytes = task_bytes or TASK_BYTES
     tasks: list[Task] = []
     for fi, path in enumerate(paths):
         kind = file_kind(path)
+        if kind == "parquet":
+            tasks += _parquet_tasks(len(tasks), fi, path)
+            continue
         size = os.path.getsize(path)
         if kind != "jsonl" or path.endswith((".gz", ".zst")) or size <= task_bytes:
             tasks.append(Task(len(tasks), fi, path, kind))
@@ -112,6 +118,21 @@ def plan_tasks(paths: list[str], task_bytes: int | None = None) -> list[Task]:
                 tasks.append(Task(len(tasks), fi, path, kind, start, end))
                 start = end
     return tasks
+
+
+def _parquet_tasks(first_id: int, fi: int, path: str) -> list[Task]:
+    """One task per run of consecutive row groups holding >= TASK_ROWS rows (a single-file Parquet input
+    keeps every worker busy; a file with one row group is one task)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    tasks, start, rows = [], 0, 0
+    for g in range(meta.num_row_groups):
+        rows += meta.row_group(g).num_rows
+        if rows >= TASK_ROWS or g == meta.num_row_groups - 1:
+            tasks.append(Task(first_id + len(tasks), fi, path, "parquet", start, g + 1))
+            start, rows = g + 1, 0
+    return tasks or [Task(first_id, fi, path, "parquet")]
 
 
 def _range_pieces(path: str, start: int, end: int):
@@ -258,7 +279,9 @@ def iter_task(task: Task):
         import pyarrow.parquet as pq
 
         row = 1
-        for batch in pq.ParquetFile(task.path).iter_batches(batch_size=1 << 17):
+        f = pq.ParquetFile(task.path)
+        groups = range(task.start, task.end) if task.end >= 0 else None
+        for batch in f.iter_batches(batch_size=1 << 17, row_groups=groups):
             table = pa.Table.from_batches([batch])
             lines = np.arange(row, row + table.num_rows, dtype=np.int64)
             raw = raw_from_table(table, lines)

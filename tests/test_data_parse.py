@@ -242,3 +242,27 @@ def test_runs_and_sparse_join_without_copies():
     assert sparse(pa.array(["X", "YZ"]), np.array([1, 3]), 5).to_pylist() == ["", "X", "", "YZ", ""]
     assert fmt_rows([("opt", b",", np.array([False, True])), b"[", ("int", np.array([7, 12])), b"]"],
                     2).to_pylist() == ["[7]", ",[12]"]
+
+
+def test_parquet_row_group_tasks_keep_rows_and_row_numbers(tmp_path, monkeypatch):
+    """A Parquet file is read as runs of row groups (parallel tasks): same samples and the same reported row
+    numbers as one whole-file task."""
+    import data_tools.sources as src
+
+    data = rows(n_videos=6, clips=7)
+    data[30]["End_timestamp"] = "00:00:00.000"  # end <= start: rejected with its row number
+    path = tmp_path / "a.parquet"
+    pq.write_table(pa.Table.from_pylist(data), path, row_group_size=8)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 6
+    ref = {}
+    for label, task_rows in (("whole", 10**9), ("groups", 10)):
+        monkeypatch.setattr(src, "TASK_ROWS", task_rows)
+        m = build(BuildConfig(annotations=[str(path)], out=str(tmp_path / label), workers=1, progress=False,
+                              formats=["caption"], val_fraction=0.0))
+        assert m["counts"]["rows_in"] == len(data)
+        rej = [orjson.loads(x) for x in (tmp_path / label / "rejects.jsonl").read_bytes().splitlines()]
+        ref[label] = (rej, sorted(orjson.dumps(s) for s in iter_samples(tmp_path / label)),
+                      [(t.start, t.end) for t in src.plan_tasks([str(path)])])
+    assert ref["whole"][2] == [(0, 6)] and ref["groups"][2] == [(0, 2), (2, 4), (4, 6)]
+    assert ref["groups"][:2] == ref["whole"][:2]
+    assert [r["line"] for r in ref["whole"][0]] == [31]
