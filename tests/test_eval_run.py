@@ -39,13 +39,8 @@ def write_video(path: Path, color, seconds: float = 3.0, fps: int = 8, size: int
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model's matmuls are microseconds: on a shared 2-core machine extra intra-op threads only
-    contend (10-30x slower under load). Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_for_the_module(single_torch_thread_module):
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

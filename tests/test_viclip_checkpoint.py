@@ -11,13 +11,7 @@ from videochat.config import ViCLIPConfig
 from videochat.viclip import ViCLIP, ViCLIPCheckpointError, expected_shapes
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids spin-wait contention on a loaded 2-core machine (~20x)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def released_table(

@@ -16,13 +16,7 @@ from videochat.config import ViCLIPConfig
 from videochat.viclip import ViCLIP
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids spin-wait contention on a loaded 2-core machine (~20x)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 CFG = ViCLIPConfig(
     image_size=24, patch_size=8, width=32, layers=3, heads=4, output_dim=16, num_frames=4,

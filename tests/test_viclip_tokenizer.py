@@ -23,13 +23,7 @@ from videochat.clip_tokenizer import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids spin-wait contention on a loaded 2-core machine (~20x)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 HEADER = '"bpe_simple_vocab_16e6.txt#version: 0.2\n'
 MERGES = ["h e", "l l", "he ll", "hell o</w>"]  # -> he=512, ll=513, hell=514, hello</w>=515; SOT 516, EOT 517
