@@ -277,3 +277,20 @@ def test_all_frames_then_subsample_equals_read_clip(vid, backend):
             assert np.array_equal(got.frames, want.frames) and (got.start, got.end) == (want.start, want.end)
     with pytest.raises(ValueError, match="window_indices"):
         sample_times(0.0, 1.0, 4, "all")
+
+
+def test_subsample_searches_the_timeline_not_substituted_stamps():
+    """When the decoder substituted the next frame for one that did not decode (PyAV on a damaged file),
+    the decoded stamps repeat; sampling must still follow the frame timeline, as `read_clip` does."""
+    import pickle
+
+    from videochat.video import Clip, subsample
+
+    frames = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    clip = Clip(frames, [0.0, 0.1, 0.3, 0.3, 0.4], False, 0.0, 0.5, [0, 1, 2, 3, 4], "pyav",
+                timeline=[0.0, 0.1, 0.2, 0.3, 0.4])
+    got = subsample(clip, 5, "middle")  # times 0.05, 0.15, ..., 0.45 -> timeline frames 0..4
+    assert got.indices == [0, 1, 2, 3, 4] and got.timestamps == [0.0, 0.1, 0.3, 0.3, 0.4]
+    assert got.timeline == [0.0, 0.1, 0.2, 0.3, 0.4]
+    err = pickle.loads(pickle.dumps(ClipWindowError("/v.mp4", "past the end")))  # crosses to DataLoader workers
+    assert isinstance(err, ClipWindowError) and (err.path, err.reason) == ("/v.mp4", "past the end")

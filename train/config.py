@@ -115,7 +115,9 @@ class ViCLIPTrainConfig:
     cache_frames: bool = False
     """Decode every training clip once (all its frames, before training starts) and sample each epoch's
     frames from memory (`videochat.video.subsample`: the frames `read_clip` would return). For small sets
-    of short clips that are read many times (the demo): memory = clips x frames x H x W x 3 bytes."""
+    of short clips that are read many times (the demo): memory = clips x frames x H x W x 3 bytes in every
+    process that holds the dataset (each rank; each DataLoader worker under spawn). A window with a frame
+    that does not decode (a truncated file) is a bad sample in every epoch."""
     output_name: str = "viclip.pth"
     """File written at the end in the released layout `{"model": state_dict}` (load via
     `model.viclip_checkpoint`)."""

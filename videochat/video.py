@@ -74,6 +74,9 @@ class VideoDecodeError(Exception):
         self.reason = reason
         super().__init__(f"cannot read video {self.path!r}: {reason}")
 
+    def __reduce__(self):  # picklable (DataLoader workers under spawn / forkserver) with its two arguments
+        return type(self), (self.path, self.reason)
+
 
 class VideoNotFoundError(VideoDecodeError, FileNotFoundError):
     """The video file does not exist (also a `FileNotFoundError`)."""
@@ -119,6 +122,9 @@ class Clip:
     """Frame index (presentation order) of each frame."""
     backend: str = ""
     """Which backend decoded it."""
+    timeline: list[float] = field(default_factory=list)
+    """Each frame's time on the video's frame timeline (what sampling searches). Equal to `timestamps`
+    unless the decoder substituted the next frame for one that did not decode."""
 
     def relative_times(self, ndigits: int = 1) -> list[float]:
         """Frame times relative to the window start, rounded (what the prompt states, as VideoChat2)."""
@@ -183,13 +189,14 @@ def window_indices(frame_times: np.ndarray, start: float, end: float) -> list[in
 
 def subsample(clip: "Clip", num_frames: int, sampling: str = "middle", seed: int | None = None) -> "Clip":
     """Sample `num_frames` frames from a clip read with sampling `all`, in memory: the same frames, times
-    and indices `read_clip(path, clip.start, clip.end, num_frames, sampling, seed)` returns."""
+    and indices that `read_clip` returns for the window the clip was read with (same mode and seed)."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     times = sample_times(clip.start, clip.end, num_frames, sampling, np.random.default_rng(seed))
-    local = frame_indices_at(np.asarray(clip.timestamps, dtype=np.float64), times)
+    timeline = clip.timeline or clip.timestamps
+    local = frame_indices_at(np.asarray(timeline, dtype=np.float64), times)
     return Clip(clip.frames[local], [clip.timestamps[i] for i in local], clip.clamped, clip.start, clip.end,
-                [clip.indices[i] for i in local], clip.backend)
+                [clip.indices[i] for i in local], clip.backend, [timeline[i] for i in local])
 
 
 def resolve_window(

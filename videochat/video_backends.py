@@ -193,7 +193,7 @@ def _read_pyav_once(req: Request, allow_seek: bool) -> _v.Clip:
         tb = float(s.time_base)
     frames = np.stack([decoded[pts_sorted[i]][0] for i in idx])
     stamps = [round(float((decoded[pts_sorted[i]][1] - start) * tb), 6) for i in idx]
-    return _v.Clip(frames, stamps, clamped, ws, we, list(idx), "pyav")
+    return _v.Clip(frames, stamps, clamped, ws, we, list(idx), "pyav", [float(times[i]) for i in idx])
 
 
 def _pyav_decode(
@@ -272,7 +272,8 @@ def read_decord(req: Request) -> _v.Clip:
     else:
         pos = {f: k for k, f in enumerate(unique)}
         frames = batch[[pos[f] for f in src]]
-    return _v.Clip(frames, [float(times[i]) for i in idx], clamped, ws, we, list(idx), "decord")
+    stamps = [float(times[i]) for i in idx]
+    return _v.Clip(frames, stamps, clamped, ws, we, list(idx), "decord", stamps)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -75,8 +75,11 @@ class CaptionClips(SkipBadSamples, Dataset):
         return self.root / path if self.root is not None and not path.is_absolute() else path
 
     def _prefill(self, progress: bool) -> dict:
-        """(path, start, end) -> every frame of the window (a `Clip`), or the `VideoDecodeError` it raised
-        (re-raised as a bad sample whenever a pair of that window comes up, as without the cache)."""
+        """(path, start, end) -> every frame of the window (a `Clip`), or (error type, message) when it did
+        not decode: a bad sample whenever a pair of that window comes up. Stricter than decoding each epoch:
+        a window with one undecodable frame (a truncated file) is bad in every epoch, not only in the epochs
+        whose random draw touches that frame. A storage error (plain `OSError`) leaves the window out of
+        the cache: it is decoded when it comes up, as without the cache."""
         from tqdm.auto import tqdm
 
         from videochat.video import VideoDecodeError, read_clip
@@ -88,7 +91,9 @@ class CaptionClips(SkipBadSamples, Dataset):
                 try:
                     cache[key] = read_clip(key[0], key[1], key[2], sampling="all")
                 except VideoDecodeError as e:
-                    cache[key] = e
+                    cache[key] = (type(e).__name__, str(e))
+                except OSError:
+                    pass
         return cache
 
     def set_epoch(self, epoch: int) -> None:
@@ -104,11 +109,11 @@ class CaptionClips(SkipBadSamples, Dataset):
         path = self._path(video)
         seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + i
         sid = f"{video.get('video_id', video['path'])}@{clip.get('start')}-{clip.get('end')}"
+        whole = self._cache.get((str(path), clip.get("start"), clip.get("end"))) if self._cache is not None else None
+        if isinstance(whole, tuple):  # decoding failed when the cache was filled
+            raise BadSample(sid, whole[1], whole[0])
         try:
-            if self._cache is not None:
-                whole = self._cache[(str(path), clip.get("start"), clip.get("end"))]
-                if isinstance(whole, VideoDecodeError):
-                    raise whole
+            if whole is not None:
                 c = subsample(whole, self.num_frames, self.sampling, seed=seed)
             else:
                 c = read_clip(path, clip.get("start"), clip.get("end"), self.num_frames, self.sampling, seed=seed)
