@@ -102,7 +102,9 @@ class QFormerConfig:
     max_position_embeddings: int = 512
     """BERT positions for the optional instruction text input."""
     use_instruction: bool = False
-    """Feed the user's instruction text into the Q-Former (InstructBLIP style)."""
+    """InstructBLIP's Q-Former (loads InstructBLIP / instruction-aware weights). It accepts instruction ids
+    (`VideoChatModel.forward(..., clip_instruction_ids=)`), but the recipes and the chat session do not pass them yet:
+    it runs on the queries alone."""
     dropout: float = 0.0
     """Hidden and attention dropout inside the Q-Former during training."""
     init: str | None = None
