@@ -166,8 +166,8 @@ class _Processor:
         from videochat.video import parse_sampling
 
         parse_sampling(sampling)
-        if sampling.startswith("fps:"):
-            raise ValueError("fps:X sampling gives a variable frame count; training batches need middle or rand")
+        if sampling.startswith("fps:") or sampling == "all":
+            raise ValueError(f"{sampling} sampling gives a variable frame count; training batches need middle or rand")
         self.tokenizer, self.cfg = tokenizer, cfg
         self.video_root = None if video_root is None else os.fspath(video_root)
         self.sampling, self.seed, self.max_length, self.backend = sampling, int(seed), max_length, backend
