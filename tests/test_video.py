@@ -10,6 +10,7 @@ from test_video_util import bigbuckbunny, corner_colours, frame_index, make_quad
 
 from videochat import video_backends as vb
 from videochat.video import (
+    Clip,
     ClipWindowError,
     VideoDecodeError,
     VideoNotFoundError,
@@ -17,6 +18,7 @@ from videochat.video import (
     probe,
     read_clip,
     sample_times,
+    subsample,
 )
 
 BACKENDS = ["decord", "pyav"] if vb.HAVE_DECORD else ["pyav"]
@@ -264,8 +266,6 @@ def test_bad_arguments_are_value_errors(vid):
 def test_all_frames_then_subsample_equals_read_clip(vid, backend):
     """sampling `all` returns every frame of the window; `subsample` draws from it exactly what `read_clip`
     returns for the same window, mode and seed."""
-    from videochat.video import subsample
-
     whole = read_clip(vid, 0.45, 2.05, backend=backend, sampling="all")
     assert whole.indices == list(range(4, 21))  # the frame shown at 0.45 s (0.4) .. at 2.05 s (2.0)
     assert [frame_index(f) for f in whole.frames] == whole.indices
@@ -283,8 +283,6 @@ def test_subsample_searches_the_timeline_not_substituted_stamps():
     """When the decoder substituted the next frame for one that did not decode (PyAV on a damaged file),
     the decoded stamps repeat; sampling must still follow the frame timeline, as `read_clip` does."""
     import pickle
-
-    from videochat.video import Clip, subsample
 
     frames = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
     clip = Clip(frames, [0.0, 0.1, 0.3, 0.3, 0.4], False, 0.0, 0.5, [0, 1, 2, 3, 4], "pyav",

@@ -165,8 +165,7 @@ class _Processor:
                  transform: FrameTransform | None, backend: str):
         from videochat.video import parse_sampling
 
-        parse_sampling(sampling)
-        if sampling.startswith("fps:") or sampling == "all":
+        if parse_sampling(sampling)[0] in ("fps", "all"):
             raise ValueError(f"{sampling} sampling gives a variable frame count; training batches need middle or rand")
         self.tokenizer, self.cfg = tokenizer, cfg
         self.video_root = None if video_root is None else os.fspath(video_root)

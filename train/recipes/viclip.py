@@ -70,9 +70,12 @@ class CaptionClips(SkipBadSamples, Dataset):
         self._init_bad_samples(max_bad_fraction, bad_check_after, max_tries, bad_sample_log)
         self._cache: dict | None = self._prefill(progress) if cache_frames else None
 
-    def _path(self, video: dict) -> Path:
+    def _window(self, video: dict, clip: dict) -> tuple[str, float | None, float | None]:
+        """(resolved video path, start, end): what is decoded, and the frame cache's key."""
         path = Path(video["path"])
-        return self.root / path if self.root is not None and not path.is_absolute() else path
+        if self.root is not None and not path.is_absolute():
+            path = self.root / path
+        return str(path), clip.get("start"), clip.get("end")
 
     def _prefill(self, progress: bool) -> dict:
         """(path, start, end) -> every frame of the window (a `Clip`), or (error type, message) when it did
@@ -86,7 +89,7 @@ class CaptionClips(SkipBadSamples, Dataset):
 
         cache: dict = {}
         for video, clip, _ in tqdm(self.pairs, desc="[viclip] decoding clips into memory", disable=not progress):
-            key = (str(self._path(video)), clip.get("start"), clip.get("end"))
+            key = self._window(video, clip)
             if key not in cache:
                 try:
                     cache[key] = read_clip(key[0], key[1], key[2], sampling="all")
@@ -106,17 +109,17 @@ class CaptionClips(SkipBadSamples, Dataset):
         from videochat.video import VideoDecodeError, read_clip, subsample
 
         video, clip, text = self.pairs[i]
-        path = self._path(video)
+        path, start, end = window = self._window(video, clip)
         seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + i
-        sid = f"{video.get('video_id', video['path'])}@{clip.get('start')}-{clip.get('end')}"
-        whole = self._cache.get((str(path), clip.get("start"), clip.get("end"))) if self._cache is not None else None
+        sid = f"{video.get('video_id', video['path'])}@{start}-{end}"
+        whole = self._cache.get(window) if self._cache is not None else None
         if isinstance(whole, tuple):  # decoding failed when the cache was filled
             raise BadSample(sid, whole[1], whole[0])
         try:
             if whole is not None:
                 c = subsample(whole, self.num_frames, self.sampling, seed=seed)
             else:
-                c = read_clip(path, clip.get("start"), clip.get("end"), self.num_frames, self.sampling, seed=seed)
+                c = read_clip(path, start, end, self.num_frames, self.sampling, seed=seed)
         except VideoDecodeError as e:  # a verdict on the file
             raise BadSample(sid, str(e), type(e).__name__) from None
         except OSError as e:  # storage hiccup: retried the next time this index comes up
