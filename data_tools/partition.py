@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 
 from .grouping import (assign_formats, find_duplicates, make_windows, new_video_mask, row_words, sort_order,
                        split_mask, window_keys)
+from .directio import DirectWriter
 from .io import SPLITS, shard_suffix
 from .render import Rows, caption_keys, cat, esc, render_captions, render_windows
 from .spill import read_partition
@@ -195,7 +196,7 @@ class _ShardWriter:
 
     def _open(self):
         name = f"part-{self.job.partition:06d}-{self.split}-{len(self.files):05d}{shard_suffix(self.job.compression)}"
-        self.raw = open(os.path.join(self.job.spill_dir, name), "wb")
+        self.raw = DirectWriter(os.path.join(self.job.spill_dir, name))
         if self.job.compression == "zst":
             import zstandard
 

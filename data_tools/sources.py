@@ -200,10 +200,27 @@ def _line_count(piece: bytes) -> int:
     return piece.count(b"\n") + (0 if piece.endswith(b"\n") else 1)
 
 
+def _scanner():
+    """``jsonscan.scan_piece``, imported on first use (numba's import and JIT cache load take ~0.7 s)."""
+    global _SCAN
+    if _SCAN is None:
+        from .jsonscan import scan_piece
+
+        _SCAN = scan_piece
+    return _SCAN
+
+
+_SCAN = None
+
+
 def _json_piece(piece: bytes, first_line: int, n_lines: int | None = None) -> Raw:
-    """Fast path when pyarrow parses the piece into exactly one row per line (a blank line, which pyarrow
-    skips, makes the counts differ); otherwise the exact per-line path."""
+    """The compiled scanner for pieces of flat records with the first line's keys; else pyarrow's reader when
+    it parses the piece into exactly one row per line (a blank line, which pyarrow skips, makes the counts
+    differ); otherwise the exact per-line path. All three give the same rows."""
     n_lines = _line_count(piece) if n_lines is None else n_lines
+    raw = _scanner()(piece, first_line, n_lines)
+    if raw is not None:
+        return raw
     try:
         table = pj.read_json(pa.py_buffer(piece), read_options=pj.ReadOptions(use_threads=False, block_size=len(piece) + 1))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

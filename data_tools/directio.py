@@ -1,0 +1,167 @@
+"""A sequential file writer that bypasses the page cache (``O_DIRECT``) where the file system allows it.
+
+The builder writes ~300 output bytes per annotation row (1.4 GB per 5M rows) that it never reads back.
+Through the page cache every byte is copied by the kernel into freshly allocated cache pages; on the
+2-core VM of our benchmarks that copy ran at ~0.4-0.8 GB/s (new guest pages are expensive to touch) and was
+the largest single cost of a build (~20-30% of its CPU). With ``O_DIRECT`` the disk reads our (reused,
+aligned) buffers instead: `dd` measured 2.6 GB/s there at almost no CPU, and the user's page cache is not
+flushed out by output they will not read soon. Direct writes block until the disk has the data, so they
+run on a background thread while the caller fills the other of two buffers.
+
+Where ``O_DIRECT`` is missing or refused (macOS, tmpfs, some network file systems) the writer falls back to
+ordinary buffered writes; the bytes on disk are the same either way.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+
+ALIGN = 4096  # offsets, sizes and buffer addresses of direct writes (covers 512-byte and 4K-sector disks)
+CHUNK = 8 << 20
+_SPARE: list = []  # staging buffers of closed writers (per process): fresh mappings are page-faulted again
+_IO: ThreadPoolExecutor | None = None
+
+
+def _io() -> ThreadPoolExecutor:
+    global _IO
+    if _IO is None:
+        _IO = ThreadPoolExecutor(1, thread_name_prefix="directio")
+    return _IO
+
+
+class DirectWriter:
+    """``open(path, "wb")``-like writer (write / tell / flush / close) with two aligned staging buffers.
+
+    Full chunks go out with ``O_DIRECT`` on a background thread; at close the last aligned blocks are
+    written directly and the final partial block after switching the descriptor back to buffered mode. An
+    error from a direct write also switches to buffered mode, so a file system that accepts the flag but
+    not the I/O still gets a correct file.
+    """
+
+    def __init__(self, path: str | os.PathLike, direct: bool = True, chunk: int = CHUNK):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.direct = direct and _set_direct(self.fd, True)
+        self.bufs = [_take(chunk), _take(chunk)]  # page-aligned, as O_DIRECT needs
+        self.cur = 0
+        self.n = 0  # bytes staged in bufs[cur]
+        self.pos = 0  # bytes handed to the I/O thread or written
+        self.pending: Future | None = None
+        self.closed = False
+
+    def write(self, data) -> int:
+        mv = memoryview(data).cast("B")
+        total = len(mv)
+        buf = self.bufs[self.cur]
+        while len(mv):
+            take = min(len(mv), len(buf) - self.n)
+            buf[self.n: self.n + take] = mv[:take]
+            self.n += take
+            mv = mv[take:]
+            if self.n == len(buf):
+                self._submit(self.n)
+                buf = self.bufs[self.cur]
+        return total
+
+    def tell(self) -> int:
+        return self.pos + self.n
+
+    def flush(self) -> None:
+        """Wait for the write in flight. Staged bytes stay staged until a chunk fills or ``close``."""
+        self._wait()
+
+    def writable(self) -> bool:
+        return True
+
+    def _wait(self) -> None:
+        if self.pending is not None:
+            fut, self.pending = self.pending, None
+            fut.result()
+
+    def _submit(self, size: int) -> None:
+        """Hand bufs[cur][:size] to the I/O thread and continue in the other buffer."""
+        self._wait()  # the other buffer is free again
+        self.pending = _io().submit(self._write, self.bufs[self.cur], size)
+        self.pos += size
+        self.cur ^= 1
+        self.n = 0
+
+    def _write(self, buf, size: int) -> None:
+        mv = memoryview(buf)
+        try:
+            done = 0
+            while done < size:
+                try:
+                    k = os.write(self.fd, mv[done:size])
+                except OSError:
+                    if not self.direct:
+                        raise
+                    self._buffered()  # e.g. EINVAL: the file system took the flag but not the I/O
+                    continue
+                if k <= 0:
+                    raise OSError(f"write returned {k}")
+                done += k
+                if self.direct and k % ALIGN:  # a short unaligned write: go on buffered from here
+                    self._buffered()
+        finally:
+            mv.release()
+
+    def _buffered(self) -> None:
+        self.direct = False
+        _set_direct(self.fd, False)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._wait()
+            buf = self.bufs[self.cur]
+            head = self.n - self.n % ALIGN if self.direct else self.n
+            if head:
+                self._write(buf, head)
+            if self.n > head:
+                self._buffered()
+                tail = memoryview(buf)[head:self.n]
+                try:
+                    self._write(tail, len(tail))
+                finally:
+                    tail.release()
+            self.pos += self.n
+            self.n = 0
+        finally:
+            self.closed = True
+            for b in self.bufs:
+                _give(b)
+            os.close(self.fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _take(chunk: int):
+    return _SPARE.pop() if _SPARE and len(_SPARE[-1]) == chunk else mmap.mmap(-1, chunk)
+
+
+def _give(buf) -> None:
+    if len(_SPARE) < 4:
+        _SPARE.append(buf)
+    else:
+        buf.close()
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    """Turn O_DIRECT on/off for ``fd``; False when this platform or file system does not have it."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return False
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (flags | flag) if on else (flags & ~flag))
+    except OSError:
+        return False
+    return True
