@@ -14,6 +14,7 @@ ordinary buffered writes; the bytes on disk are the same either way.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
@@ -42,9 +43,16 @@ class DirectWriter:
     """
 
     def __init__(self, path: str | os.PathLike, direct: bool = True, chunk: int = CHUNK):
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self.direct = direct and _set_direct(self.fd, True)
+        if chunk <= 0 or chunk % ALIGN:
+            raise ValueError(f"chunk must be a positive multiple of {ALIGN}, got {chunk}")
         self.bufs = [_take(chunk), _take(chunk)]  # page-aligned, as O_DIRECT needs
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except BaseException:
+            for b in self.bufs:
+                _give(b)
+            raise
+        self.direct = direct and _set_direct(self.fd, True)
         self.cur = 0
         self.n = 0  # bytes staged in bufs[cur]
         self.pos = 0  # bytes handed to the I/O thread or written
@@ -52,6 +60,8 @@ class DirectWriter:
         self.closed = False
 
     def write(self, data) -> int:
+        if self.closed:
+            raise ValueError("write to a closed DirectWriter")
         mv = memoryview(data).cast("B")
         total = len(mv)
         buf = self.bufs[self.cur]
@@ -77,8 +87,8 @@ class DirectWriter:
 
     def _wait(self) -> None:
         if self.pending is not None:
-            fut, self.pending = self.pending, None
-            fut.result()
+            self.pending.result()  # re-raises the I/O thread's error (again, at close)
+            self.pending = None
 
     def _submit(self, size: int) -> None:
         """Hand bufs[cur][:size] to the I/O thread and continue in the other buffer."""
@@ -95,10 +105,10 @@ class DirectWriter:
             while done < size:
                 try:
                     k = os.write(self.fd, mv[done:size])
-                except OSError:
-                    if not self.direct:
+                except OSError as e:
+                    if not self.direct or e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                         raise
-                    self._buffered()  # e.g. EINVAL: the file system took the flag but not the I/O
+                    self._buffered()  # the file system took the flag but not the I/O
                     continue
                 if k <= 0:
                     raise OSError(f"write returned {k}")
@@ -132,9 +142,10 @@ class DirectWriter:
             self.n = 0
         finally:
             self.closed = True
-            for b in self.bufs:
-                _give(b)
             os.close(self.fd)
+            if self.pending is None or self.pending.done():  # no I/O in flight (else leave them to GC)
+                for b in self.bufs:
+                    _give(b)
 
     def __enter__(self):
         return self
@@ -144,7 +155,10 @@ class DirectWriter:
 
 
 def _take(chunk: int):
-    return _SPARE.pop() if _SPARE and len(_SPARE[-1]) == chunk else mmap.mmap(-1, chunk)
+    if _SPARE and len(_SPARE[-1]) == chunk:
+        return _SPARE.pop()
+    # Private: a forked child must not share the parent's staging buffers.
+    return mmap.mmap(-1, chunk, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 def _give(buf) -> None:
@@ -152,6 +166,16 @@ def _give(buf) -> None:
         _SPARE.append(buf)
     else:
         buf.close()
+
+
+def _after_fork() -> None:
+    """A forked child has no I/O thread (only the parent's dead handle) and must not reuse spare buffers."""
+    global _IO
+    _IO = None
+    _SPARE.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _set_direct(fd: int, on: bool) -> bool:

@@ -318,6 +318,8 @@ def scan(buf, n_rows, key_bytes, key_offs, key_field, text_out, num_out, text_of
                     if j < 0:
                         return row
                     if f == 1 or f == 2 or f == 5 or f == 6:
+                        if j - i == 2 and buf[i] == 45 and buf[i + 1] == 48:
+                            i += 1  # the integer -0 is 0 (an int for orjson), not the float -0.0
                         o = no[f]
                         for b in range(j - i):
                             num_out[_u(f), _u(o + b)] = buf[_u(i + b)]
@@ -325,6 +327,19 @@ def scan(buf, n_rows, key_bytes, key_offs, key_field, text_out, num_out, text_of
                         kind[f, row] = 2
                     elif f >= 0:  # a number where text is needed (vid, caption, asr)
                         return row
+                    else:  # ignored; but orjson refuses a line with a number that overflows a double
+                        digits = 0
+                        frac = False
+                        for b in range(i, j):
+                            c = buf[b]
+                            if c == 101 or c == 69:  # an exponent: may overflow
+                                return row
+                            if c == 46:
+                                frac = True
+                            elif not frac:
+                                digits += 1
+                        if digits > 300:
+                            return row
                     i = j
                 elif c == 110 and _literal(buf, i, end, words, 0, 4):  # null
                     i += 4

@@ -3,6 +3,7 @@
 import errno
 import itertools
 import os
+import time
 
 import orjson
 import pytest
@@ -31,9 +32,14 @@ def same_as_exact(piece: bytes, must_accept: bool = False) -> bool:
         return False
     table, rejects = normalize(raw)
     t2, r2 = exact(piece)
-    assert table.to_pylist() == t2.to_pylist()
+    assert signed(table.to_pylist()) == signed(t2.to_pylist())
     assert [(a, b) for a, b, _ in rejects] == [(a, b) for a, b, _ in r2]
     return True
+
+
+def signed(rows):
+    """Rows with floats as their repr (so -0.0 and 0.0 differ)."""
+    return [{k: repr(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
 
 
 INTERNVID = (b'{"YoutubeID":"pI3snIAAAAA","Start_timestamp":"00:00:00.000","End_timestamp":"00:00:03.606",'
@@ -65,7 +71,7 @@ def test_accepts_internvid_rows_and_decodes_escapes():
 
 def test_ignored_keys_take_any_flat_value():
     piece = (b'{"YoutubeID":"a","Caption":"c","Start_timestamp":0,"End_timestamp":2,"lang":"en","ok":true,'
-             b'"n":-3.5e+2,"z":null}\n'
+             b'"n":-350.25,"z":null}\n'
              b'{"YoutubeID":"b","Caption":"d","Start_timestamp":0,"End_timestamp":2,"lang":"fr","ok":false,'
              b'"n":7,"z":"s"}')  # no final newline
     assert same_as_exact(piece, must_accept=True)
@@ -95,6 +101,18 @@ def test_gives_up_on_what_it_does_not_handle(second):
     piece = first + second + b"\n"
     assert scan_piece(piece, 1, lines_of(piece)) is None
     assert same_as_exact(first, must_accept=True)
+
+
+def test_number_edge_cases_match_the_exact_path():
+    head = b'{"YoutubeID":"a","Caption":"c","Start_timestamp":0,"End_timestamp":2,"UMT_Score":1,"x":0}\n'
+    for val in (b"-0", b"-0.0", b"-0e0", b"0", b"12345678901234567890123", b"4.9e-324", b"1e-400"):
+        piece = head + b'{"YoutubeID":"a","Caption":"c","Start_timestamp":0,"End_timestamp":2,"UMT_Score":%s}\n' % val
+        assert same_as_exact(piece, must_accept=True), val
+    # An ignored value that overflows a double makes orjson refuse the line: the scanner must not accept it.
+    for val in (b"1e400", b"-1e400", b"9" * 400, b"1.7976931348623159e308"):
+        piece = head + b'{"YoutubeID":"a","Caption":"c","Start_timestamp":0,"End_timestamp":2,"x":%s}\n' % val
+        assert scan_piece(piece, 1, 2) is None, val
+    assert scan_piece(head + b'{"YoutubeID":"a","x":%s}\n' % (b"9" * 300), 1, 2) is not None
 
 
 def test_gives_up_on_first_lines_it_cannot_map():
@@ -183,6 +201,41 @@ def test_direct_writer_falls_back_when_direct_io_fails(tmp_path, monkeypatch):
     with DirectWriter(path, chunk=16384) as w:
         w.write(data)
     assert calls and path.read_bytes() == data
+
+
+def test_direct_writer_in_a_forked_child(tmp_path):
+    """A child forked after the parent wrote gets its own I/O thread and buffers (no hang, no sharing)."""
+    with DirectWriter(tmp_path / "parent.bin", chunk=16384) as w:
+        w.write(b"p" * 40_000)
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if its own write round-trips
+        try:
+            data = os.urandom(40_000)
+            with DirectWriter(tmp_path / "child.bin", chunk=16384) as w:
+                w.write(data)
+            os._exit(0 if (tmp_path / "child.bin").read_bytes() == data else 1)
+        except BaseException:
+            os._exit(2)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the forked child hung writing")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (tmp_path / "parent.bin").read_bytes() == b"p" * 40_000
+
+
+def test_direct_writer_refuses_misuse(tmp_path):
+    with pytest.raises(ValueError):
+        DirectWriter(tmp_path / "a.bin", chunk=1000)
+    w = DirectWriter(tmp_path / "b.bin", chunk=16384)
+    w.close()
+    with pytest.raises(ValueError):
+        w.write(b"x")
 
 
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no tmpfs at /dev/shm")
