@@ -183,26 +183,30 @@ def _number(buf, i, end):
     if buf[i] == 48:  # '0'
         i += 1
     elif 49 <= buf[i] <= 57:
-        while i < end and 48 <= buf[i] <= 57:
-            i += 1
+        i = _digits(buf, i, end)
     else:
         return -1
-    if i < end and buf[i] == 46:  # '.'
-        i += 1
-        s = i
-        while i < end and 48 <= buf[i] <= 57:
-            i += 1
-        if i == s:
+    if i < end and buf[i] == 46:  # '.' and at least one digit
+        j = _digits(buf, i + 1, end)
+        if j == i + 1:
             return -1
-    if i < end and (buf[i] == 101 or buf[i] == 69):  # 'e' / 'E'
+        i = j
+    if i < end and (buf[i] == 101 or buf[i] == 69):  # 'e' / 'E', a sign, at least one digit
         i += 1
         if i < end and (buf[i] == 43 or buf[i] == 45):
             i += 1
-        s = i
-        while i < end and 48 <= buf[i] <= 57:
-            i += 1
-        if i == s:
+        j = _digits(buf, i, end)
+        if j == i:
             return -1
+        i = j
+    return i
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _digits(buf, i, end):
+    """End of the run of ASCII digits that starts at buf[i]."""
+    while i < end and 48 <= buf[i] <= 57:
+        i += 1
     return i
 
 
