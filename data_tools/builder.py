@@ -31,6 +31,15 @@ FORMATS = ("a", "b", "c", "caption")
 ROWS_PER_PARTITION = 400_000  # ~0.5 GB peak per worker in phase 2
 
 
+def default_partitions(rows: int) -> int:
+    """About one partition per ``ROWS_PER_PARTITION`` rows, rounded up to a multiple of 8 when more than one:
+    phase 2 then splits evenly over 1, 2, 4 or 8 workers (one extra partition on one worker of two left the
+    other idle for ~6% of a 5M-row build). A function of the input only: the output must not depend on
+    ``--workers``."""
+    p = max(1, math.ceil(rows / ROWS_PER_PARTITION))
+    return p if p == 1 else -(-p // 8) * 8
+
+
 class BuildError(ValueError):
     """A build that cannot run (bad arguments, unreadable inputs, output folder in the way)."""
 
@@ -226,7 +235,7 @@ def build(cfg: BuildConfig) -> dict:
     paths = expand_inputs(list(cfg.annotations))
     workers = cfg.workers or os.cpu_count() or 1
     est = sum(estimate_rows(p) for p in paths)
-    partitions = cfg.partitions or max(1, math.ceil(est / ROWS_PER_PARTITION))
+    partitions = cfg.partitions or default_partitions(est)
     tasks = plan_tasks(paths)
     spill = _prepare_out(cfg.out)
 

@@ -18,11 +18,15 @@ import errno
 import fcntl
 import mmap
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 ALIGN = 4096  # offsets, sizes and buffer addresses of direct writes (covers 512-byte and 4K-sector disks)
 CHUNK = 8 << 20
+BUFFERS = 4
 _SPARE: list = []  # staging buffers of closed writers (per process): fresh mappings are page-faulted again
+_CLOSING: list = []  # futures of close(wait=False)
+_LOCK = threading.Lock()
 _IO: ThreadPoolExecutor | None = None
 
 
@@ -34,18 +38,20 @@ def _io() -> ThreadPoolExecutor:
 
 
 class DirectWriter:
-    """``open(path, "wb")``-like writer (write / tell / flush / close) with two aligned staging buffers.
+    """``open(path, "wb")``-like writer (write / tell / flush / close) with a ring of aligned staging buffers.
 
-    Full chunks go out with ``O_DIRECT`` on a background thread; at close the last aligned blocks are
-    written directly and the final partial block after switching the descriptor back to buffered mode. An
-    error from a direct write also switches to buffered mode, so a file system that accepts the flag but
-    not the I/O still gets a correct file.
+    Full chunks go out with ``O_DIRECT`` on a background thread (the caller blocks only when every buffer is
+    in flight: a rendered chunk of output arrives as a burst of tens of MB); at close the last aligned blocks
+    are written directly and the final partial block after switching the descriptor back to buffered mode.
+    An error from a direct write also switches to buffered mode, so a file system that accepts the flag but
+    not the I/O still gets a correct file. ``close(wait=False)`` leaves that last step to the I/O thread too;
+    ``drain()`` then waits for it (and raises its errors).
     """
 
-    def __init__(self, path: str | os.PathLike, direct: bool = True, chunk: int = CHUNK):
+    def __init__(self, path: str | os.PathLike, direct: bool = True, chunk: int = CHUNK, buffers: int = BUFFERS):
         if chunk <= 0 or chunk % ALIGN:
             raise ValueError(f"chunk must be a positive multiple of {ALIGN}, got {chunk}")
-        self.bufs = [_take(chunk), _take(chunk)]  # page-aligned, as O_DIRECT needs
+        self.bufs = [_take(chunk) for _ in range(max(2, buffers))]  # page-aligned, as O_DIRECT needs
         try:
             self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except BaseException:
@@ -53,10 +59,10 @@ class DirectWriter:
                 _give(b)
             raise
         self.direct = direct and _set_direct(self.fd, True)
+        self.inflight: list[Future | None] = [None] * len(self.bufs)
         self.cur = 0
         self.n = 0  # bytes staged in bufs[cur]
         self.pos = 0  # bytes handed to the I/O thread or written
-        self.pending: Future | None = None
         self.closed = False
 
     def write(self, data) -> int:
@@ -79,24 +85,26 @@ class DirectWriter:
         return self.pos + self.n
 
     def flush(self) -> None:
-        """Wait for the write in flight. Staged bytes stay staged until a chunk fills or ``close``."""
-        self._wait()
+        """Wait for the writes in flight. Staged bytes stay staged until a chunk fills or ``close``."""
+        for i in range(len(self.bufs)):
+            self._wait(i)
 
     def writable(self) -> bool:
         return True
 
-    def _wait(self) -> None:
-        if self.pending is not None:
-            self.pending.result()  # re-raises the I/O thread's error (again, at close)
-            self.pending = None
+    def _wait(self, i: int) -> None:
+        fut = self.inflight[i]
+        if fut is not None:
+            fut.result()  # re-raises the I/O thread's error (again, at close)
+            self.inflight[i] = None
 
     def _submit(self, size: int) -> None:
-        """Hand bufs[cur][:size] to the I/O thread and continue in the other buffer."""
-        self._wait()  # the other buffer is free again
-        self.pending = _io().submit(self._write, self.bufs[self.cur], size)
+        """Hand bufs[cur][:size] to the I/O thread and continue in the next buffer once it is free."""
+        self.inflight[self.cur] = _io().submit(self._write, self.bufs[self.cur], size)
         self.pos += size
-        self.cur ^= 1
+        self.cur = (self.cur + 1) % len(self.bufs)
         self.n = 0
+        self._wait(self.cur)
 
     def _write(self, buf, size: int) -> None:
         mv = memoryview(buf)
@@ -122,30 +130,50 @@ class DirectWriter:
         self.direct = False
         _set_direct(self.fd, False)
 
-    def close(self) -> None:
-        if self.closed:
-            return
+    def _finish(self) -> None:
+        """Write what is staged (aligned blocks directly, the tail buffered), close the fd, free the buffers."""
         try:
-            self._wait()
-            buf = self.bufs[self.cur]
-            head = self.n - self.n % ALIGN if self.direct else self.n
+            buf, n = self.bufs[self.cur], self.n
+            head = n - n % ALIGN if self.direct else n
             if head:
                 self._write(buf, head)
-            if self.n > head:
+            if n > head:
                 self._buffered()
-                tail = memoryview(buf)[head:self.n]
+                tail = memoryview(buf)[head:n]
                 try:
                     self._write(tail, len(tail))
                 finally:
                     tail.release()
-            self.pos += self.n
+            self.pos += n
             self.n = 0
         finally:
-            self.closed = True
             os.close(self.fd)
-            if self.pending is None or self.pending.done():  # no I/O in flight (else leave them to GC)
-                for b in self.bufs:
-                    _give(b)
+            for b in self.bufs:
+                _give(b)
+
+    def close(self, wait: bool = True) -> None:
+        """Finish the file. ``wait=False``: the I/O thread finishes it; call ``drain()`` before using it."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.flush()
+        except BaseException:
+            if all(f is None or f.done() for f in self.inflight):
+                self._finish_quietly()
+            raise
+        if wait:
+            self._finish()
+        else:
+            with _LOCK:
+                _CLOSING.append(_io().submit(self._finish))
+
+    def _finish_quietly(self) -> None:
+        try:
+            os.close(self.fd)
+        finally:
+            for b in self.bufs:
+                _give(b)
 
     def __enter__(self):
         return self
@@ -154,25 +182,38 @@ class DirectWriter:
         self.close()
 
 
+def drain() -> None:
+    """Wait for every ``close(wait=False)`` of this process; raise the first error."""
+    with _LOCK:
+        futs = list(_CLOSING)
+        _CLOSING.clear()
+    for f in futs:
+        f.result()
+
+
 def _take(chunk: int):
-    if _SPARE and len(_SPARE[-1]) == chunk:
-        return _SPARE.pop()
+    with _LOCK:
+        if _SPARE and len(_SPARE[-1]) == chunk:
+            return _SPARE.pop()
     # Private: a forked child must not share the parent's staging buffers.
     return mmap.mmap(-1, chunk, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 def _give(buf) -> None:
-    if len(_SPARE) < 4:
-        _SPARE.append(buf)
-    else:
-        buf.close()
+    with _LOCK:
+        if len(_SPARE) < 2 * BUFFERS:
+            _SPARE.append(buf)
+            return
+    buf.close()
 
 
 def _after_fork() -> None:
     """A forked child has no I/O thread (only the parent's dead handle) and must not reuse spare buffers."""
-    global _IO
+    global _IO, _LOCK
     _IO = None
+    _LOCK = threading.Lock()
     _SPARE.clear()
+    _CLOSING.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork)

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from .grouping import (assign_formats, find_duplicates, make_windows, new_video_mask, row_words, sort_order,
                        split_mask, window_keys)
-from .directio import DirectWriter
+from .directio import DirectWriter, drain
 from .io import SPLITS, shard_suffix
 from .render import Rows, caption_keys, cat, esc, render_captions, render_windows
 from .spill import read_partition
@@ -181,6 +181,7 @@ def run_partition(job: PartitionJob) -> dict:
             writer.add(lines)
             ia, ic = ia + na, ic + nc
         res["files"] += writer.close()
+    drain()  # every part file is complete on disk before the parent renames it
     pa.default_memory_pool().release_unused()
     return res
 
@@ -213,7 +214,7 @@ class _ShardWriter:
     def _close_one(self):
         if self.f is not self.raw:
             self.f.close()
-        self.raw.close()
+        self.raw.close(wait=False)  # the I/O thread finishes the file; run_partition drains before returning
         self.files[-1][2] = self.n
         self.f = self.raw = None
 

@@ -203,6 +203,26 @@ def test_direct_writer_falls_back_when_direct_io_fails(tmp_path, monkeypatch):
     assert calls and path.read_bytes() == data
 
 
+def test_direct_writer_background_close_and_errors(tmp_path, monkeypatch):
+    """close(wait=False) + drain() completes files; a real write error (not EINVAL) is raised, not hidden."""
+    datas = [os.urandom(n) for n in (0, 100, 70_000)]
+    for i, d in enumerate(datas):
+        w = DirectWriter(tmp_path / f"{i}.bin", chunk=16384, buffers=2)
+        w.write(d)
+        w.close(wait=False)
+    directio.drain()
+    assert [(tmp_path / f"{i}.bin").read_bytes() for i in range(3)] == datas
+
+    def no_space(fd, buf):
+        raise OSError(errno.ENOSPC, "no space left")
+
+    monkeypatch.setattr(directio.os, "write", no_space)
+    w = DirectWriter(tmp_path / "full.bin", chunk=16384)
+    with pytest.raises(OSError, match="no space"):
+        w.write(os.urandom(100_000))  # the 4th chunk waits for the 1st, which failed
+        w.close()
+
+
 def test_direct_writer_in_a_forked_child(tmp_path):
     """A child forked after the parent wrote gets its own I/O thread and buffers (no hang, no sharing)."""
     with DirectWriter(tmp_path / "parent.bin", chunk=16384) as w:
