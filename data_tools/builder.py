@@ -85,7 +85,7 @@ class BuildConfig:
     shard_index: int = 0
     "Which machine shard this build is (0 <= shard_index < num_shards)."
     partitions: int | None = None
-    "Number of hash partitions (default: about one per 400k input rows; bounds memory per worker)."
+    "Number of hash partitions (default: about one per 400k input rows, a multiple of 8; bounds memory per worker)."
     workers: int = 0
     "Worker processes (0: one per CPU core). Does not change the output."
     progress: bool = True

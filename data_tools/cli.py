@@ -40,7 +40,8 @@ def register(subparsers) -> None:
     b.add_argument("--compress", choices=["zst", "gz"], default=None, help="compress shards")
     b.add_argument("--num-shards", type=int, default=1, help="split the build across K machines (by video id hash)")
     b.add_argument("--shard-index", type=int, default=0, help="this machine's shard, 0 <= i < K")
-    b.add_argument("--partitions", type=int, default=None, help="hash partitions (default ~1 per 400k rows)")
+    b.add_argument("--partitions", type=int, default=None,
+                   help="hash partitions (default ~1 per 400k rows, rounded up to a multiple of 8)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=_build)
 

@@ -309,3 +309,13 @@ def test_allow_missing_with_no_video_found_at_all(tmp_path):
                   partitions=3))
     assert m["counts"]["rows_rejected"] == 0 and m["counts"]["rows_used"] == n
     assert all(v["path"] == v["video_id"] + ".mp4" for s in iter_samples(tmp_path / "o") for v in s["videos"])
+
+
+def test_default_partitions_split_evenly_over_common_worker_counts():
+    from data_tools.builder import ROWS_PER_PARTITION, default_partitions
+
+    assert default_partitions(0) == default_partitions(ROWS_PER_PARTITION) == 1
+    assert default_partitions(ROWS_PER_PARTITION + 1) == 8
+    assert default_partitions(8 * ROWS_PER_PARTITION) == 8
+    assert default_partitions(8 * ROWS_PER_PARTITION + 1) == 16
+    assert default_partitions(5_000_000) == 16
