@@ -20,6 +20,7 @@ import mmap
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 
 ALIGN = 4096  # offsets, sizes and buffer addresses of direct writes (covers 512-byte and 4K-sector disks)
 CHUNK = 8 << 20
@@ -32,9 +33,10 @@ _IO: ThreadPoolExecutor | None = None
 
 def _io() -> ThreadPoolExecutor:
     global _IO
-    if _IO is None:
-        _IO = ThreadPoolExecutor(1, thread_name_prefix="directio")
-    return _IO
+    with _LOCK:
+        if _IO is None:
+            _IO = ThreadPoolExecutor(1, thread_name_prefix="directio")
+        return _IO
 
 
 class DirectWriter:
@@ -64,10 +66,13 @@ class DirectWriter:
         self.n = 0  # bytes staged in bufs[cur]
         self.pos = 0  # bytes handed to the I/O thread or written
         self.closed = False
+        self.error: BaseException | None = None  # a failed chunk: the file is incomplete, every later call raises
 
     def write(self, data) -> int:
         if self.closed:
             raise ValueError("write to a closed DirectWriter")
+        if self.error is not None:
+            raise self.error
         mv = memoryview(data).cast("B")
         total = len(mv)
         buf = self.bufs[self.cur]
@@ -95,8 +100,16 @@ class DirectWriter:
     def _wait(self, i: int) -> None:
         fut = self.inflight[i]
         if fut is not None:
-            fut.result()  # re-raises the I/O thread's error (again, at close)
-            self.inflight[i] = None
+            try:
+                fut.result()  # the I/O thread's error, if any
+            except BaseException as e:
+                self.error = self.error or e
+                raise
+            finally:
+                if fut.done():
+                    self.inflight[i] = None
+        if self.error is not None:
+            raise self.error
 
     def _submit(self, size: int) -> None:
         """Hand bufs[cur][:size] to the I/O thread and continue in the next buffer once it is free."""
@@ -111,13 +124,16 @@ class DirectWriter:
         try:
             done = 0
             while done < size:
+                part = mv[done:size]
                 try:
-                    k = os.write(self.fd, mv[done:size])
+                    k = os.write(self.fd, part)
                 except OSError as e:
                     if not self.direct or e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                         raise
                     self._buffered()  # the file system took the flag but not the I/O
                     continue
+                finally:
+                    part.release()  # an exception's traceback must not keep the buffer exported
                 if k <= 0:
                     raise OSError(f"write returned {k}")
                 done += k
@@ -159,14 +175,15 @@ class DirectWriter:
         try:
             self.flush()
         except BaseException:
-            if all(f is None or f.done() for f in self.inflight):
-                self._finish_quietly()
+            futures_wait([f for f in self.inflight if f is not None])  # nothing may still use fd or buffers
+            self._finish_quietly()
             raise
         if wait:
             self._finish()
         else:
+            fut = _io().submit(self._finish)
             with _LOCK:
-                _CLOSING.append(_io().submit(self._finish))
+                _CLOSING.append(fut)
 
     def _finish_quietly(self) -> None:
         try:
@@ -187,6 +204,7 @@ def drain() -> None:
     with _LOCK:
         futs = list(_CLOSING)
         _CLOSING.clear()
+    futures_wait(futs)  # all of them, even when one failed
     for f in futs:
         f.result()
 
@@ -203,8 +221,7 @@ def _give(buf) -> None:
     with _LOCK:
         if len(_SPARE) < 2 * BUFFERS:
             _SPARE.append(buf)
-            return
-    buf.close()
+    # else: dropped; the mapping goes when its last reference does
 
 
 def _after_fork() -> None:

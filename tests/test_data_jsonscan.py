@@ -188,17 +188,18 @@ def test_direct_writer_writes_exact_bytes(tmp_path, size, direct):
 def test_direct_writer_falls_back_when_direct_io_fails(tmp_path, monkeypatch):
     real_write = os.write
     calls = []
+    data = os.urandom(50_000)
+    path = tmp_path / "f.bin"
+    w = DirectWriter(path, chunk=16384)
 
-    def einval_once(fd, buf):
-        if not calls:
+    def einval_once(fd, buf):  # only for this file: os.write is patched process-wide
+        if fd == w.fd and not calls:
             calls.append(1)
             raise OSError(errno.EINVAL, "direct I/O refused")
         return real_write(fd, buf)
 
     monkeypatch.setattr(directio.os, "write", einval_once)
-    data = os.urandom(50_000)
-    path = tmp_path / "f.bin"
-    with DirectWriter(path, chunk=16384) as w:
+    with w:
         w.write(data)
     assert calls and path.read_bytes() == data
 
@@ -213,14 +214,21 @@ def test_direct_writer_background_close_and_errors(tmp_path, monkeypatch):
     directio.drain()
     assert [(tmp_path / f"{i}.bin").read_bytes() for i in range(3)] == datas
 
-    def no_space(fd, buf):
-        raise OSError(errno.ENOSPC, "no space left")
+    real_write = os.write
+    w = DirectWriter(tmp_path / "full.bin", chunk=16384)
+
+    def no_space(fd, buf):  # only for this file: os.write is patched process-wide (pytest writes with it too)
+        if fd == w.fd:
+            raise OSError(errno.ENOSPC, "no space left")
+        return real_write(fd, buf)
 
     monkeypatch.setattr(directio.os, "write", no_space)
-    w = DirectWriter(tmp_path / "full.bin", chunk=16384)
     with pytest.raises(OSError, match="no space"):
-        w.write(os.urandom(100_000))  # the 4th chunk waits for the 1st, which failed
+        w.write(os.urandom(100_000))  # the 5th chunk waits for the 1st, which failed
+    with pytest.raises(OSError, match="no space"):  # sticky: a failed file never closes cleanly
         w.close()
+    with pytest.raises(OSError):
+        os.fstat(w.fd)  # but its descriptor is closed
 
 
 def test_direct_writer_in_a_forked_child(tmp_path):
