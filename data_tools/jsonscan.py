@@ -65,7 +65,8 @@ def _u4(buf, i, end):
 @njit(cache=True, nogil=True, _nrt=False)
 def _string(buf, i, end, out, f, o, copy, plain):
     """Decode the JSON string whose opening quote is at buf[i-1]. Writes the UTF-8 bytes to out[f, o:] when
-    ``copy`` (a 2-D output and a row index, not a row view: views cost reference counting per call). Returns (index after the closing quote, new o), or (-1, o) on anything invalid."""
+    ``copy`` (a 2-D output and a row index, not a row view: views cost reference counting per call).
+    Returns (index after the closing quote, new o), or (-1, o) on anything invalid."""
     while i < end:
         # The common case: a run of plain ASCII bytes, found with one table lookup per byte, then copied.
         s = i
@@ -235,13 +236,15 @@ _PLAIN[[34, 92]] = False  # quote, backslash
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def scan(buf, n_rows, key_bytes, key_offs, key_field, text_out, num_out, text_offs, num_offs, kind, words, plain, to, no):
+def scan(buf, n_rows, key_bytes, key_offs, key_field, text_out, num_out, text_offs, num_offs, kind, words, plain,
+         to, no):
     """Scan ``n_rows`` newline-separated flat JSON objects in ``buf``.
 
     key_bytes/key_offs: the known keys (raw bytes, no escapes); key_field: the field (0-6) each key feeds,
     -1 for an ignored key. Outputs: text_out [7, len(buf)] / num_out [7, len(buf)] bytes, their offsets
     text_offs / num_offs [7, n_rows + 1] (int32), kind [7, n_rows] (0 null, 1 string, 2 number).
-    words: b"nulltruefalse"; plain: bool [256], the bytes a string run copies as they are.
+    words: b"nulltruefalse"; plain: bool [256], the bytes a string run copies as they are; to / no: int64 [7],
+    scratch (bytes written per field).
     Returns the number of rows scanned: n_rows on success, less when it gave up (at that row).
     """
     end = len(buf)
@@ -403,8 +406,8 @@ def _strings(data: np.ndarray, offs: np.ndarray, valid: np.ndarray) -> pa.Array:
     if nulls == n:
         return pa.nulls(n, pa.string())
     bitmap = None if nulls == 0 else pa.py_buffer(np.packbits(valid, bitorder="little"))
-    return pa.Array.from_buffers(pa.string(), n, [bitmap, pa.py_buffer(offs), pa.py_buffer(data[: int(offs[-1])].copy())],
-                                 null_count=nulls)
+    values = pa.py_buffer(data[: int(offs[-1])].copy())  # a copy: the scan buffers are large and short-lived
+    return pa.Array.from_buffers(pa.string(), n, [bitmap, pa.py_buffer(offs), values], null_count=nulls)
 
 
 def scan_piece(piece, first_line: int, n_lines: int) -> Raw | None:
@@ -427,7 +430,8 @@ def scan_piece(piece, first_line: int, n_lines: int) -> Raw | None:
     text_offs = np.zeros((7, n_lines + 1), np.int32)
     num_offs = np.zeros((7, n_lines + 1), np.int32)
     kind = np.empty((7, n_lines), np.int8)
-    done = scan(buf, n_lines, key_bytes, key_offs, key_field, text_out, num_out, text_offs, num_offs, kind, _WORDS, _PLAIN, np.zeros(7, np.int64), np.zeros(7, np.int64))
+    done = scan(buf, n_lines, key_bytes, key_offs, key_field, text_out, num_out, text_offs, num_offs, kind,
+                _WORDS, _PLAIN, np.zeros(7, np.int64), np.zeros(7, np.int64))
     if done != n_lines:
         return None
     text = {}
