@@ -24,6 +24,8 @@ class StreamingSampleDataset(IterableDataset):
     Each (rank, worker) takes every `world*workers`-th line (shard files are never all held in memory).
     `skip` resumes: this (rank, worker) stream drops its first `skip` samples. `shuffle_buffer` > 0 shuffles
     through a seeded buffer of that many samples (deterministic for a given seed / epoch / sharding).
+    Ranks may yield different counts (a modulo split, and bad samples are skipped per rank): under DDP a
+    rank that runs out first leaves the others waiting in a collective, so training uses `SampleDataset`.
     """
 
     def __init__(self, samples, tokenizer, cfg: VideoChatConfig, video_root=None, sampling: str = "rand", seed: int = 0,
