@@ -163,9 +163,7 @@ class DirectWriter:
             self.pos += n
             self.n = 0
         finally:
-            os.close(self.fd)
-            for b in self.bufs:
-                _give(b)
+            self._release()
 
     def close(self, wait: bool = True) -> None:
         """Finish the file. ``wait=False``: the I/O thread finishes it; call ``drain()`` before using it."""
@@ -176,7 +174,7 @@ class DirectWriter:
             self.flush()
         except BaseException:
             futures_wait([f for f in self.inflight if f is not None])  # nothing may still use fd or buffers
-            self._finish_quietly()
+            self._release()
             raise
         if wait:
             self._finish()
@@ -185,7 +183,8 @@ class DirectWriter:
             with _LOCK:
                 _CLOSING.append(fut)
 
-    def _finish_quietly(self) -> None:
+    def _release(self) -> None:
+        """Close the fd and hand the buffers back (no I/O of this writer may be in flight)."""
         try:
             os.close(self.fd)
         finally:

@@ -1,14 +1,15 @@
 """Annotation input files -> reading tasks -> pieces of canonical rows.
 
 A task is a unit of parallel work: a byte range of a plain JSONL file (cut at newlines, which never occur
-inside a JSON record), a run of row groups of a Parquet file, or a whole compressed / CSV file. Each task yields pieces of ~16 MB;
-line numbers are relative to the task's first byte (``lines_before`` fixes them up once all tasks have
+inside a JSON record), a run of row groups of a Parquet file, or a whole compressed / CSV file. Each task
+yields pieces of ~16 MB; line numbers are relative to the task's first byte (``lines_before`` fixes them up once all tasks have
 counted their newlines), so tasks run independently and in any order.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import glob as _glob
 import hashlib
 import io
@@ -162,7 +163,7 @@ def _range_pieces(path: str, start: int, end: int):
                 bigger[:have] = buf[:have]
                 buf = bigger
                 continue
-            nl = _newlines(buf, cut) + (0 if buf[cut - 1] == 10 else 1)
+            nl = _line_count(buf, cut)
             with memoryview(buf) as mv:
                 yield mv[:cut], nl
             buf[: have - cut] = buf[cut:have]
@@ -196,26 +197,20 @@ def _cut_pieces(blocks, csv_quotes: bool = False):
         yield b"".join(pending)
 
 
-def _newlines(buf, end: int | None = None) -> int:
-    """Newlines in ``buf[:end]``: one numpy compare + count, ~4x faster than ``bytes.count`` (3% of a build)."""
-    return int(np.count_nonzero(np.frombuffer(buf, np.uint8, count=-1 if end is None else end) == 10))
+def _line_count(buf, end: int | None = None) -> int:
+    """Lines in ``buf[:end]`` (a last line without a newline counts). The newlines are counted with one numpy
+    compare: ~4x faster than ``bytes.count`` (which took 3% of a build)."""
+    end = len(buf) if end is None else end
+    newlines = int(np.count_nonzero(np.frombuffer(buf, np.uint8, count=end) == 10))
+    return newlines + (0 if end and buf[end - 1] == 10 else 1)
 
 
-def _line_count(piece) -> int:
-    return _newlines(piece) + (0 if len(piece) and piece[-1] in (10, b"\n") else 1)
-
-
+@functools.cache
 def _scanner():
     """``jsonscan.scan_piece``, imported on first use (numba's import and JIT cache load take ~0.7 s)."""
-    global _SCAN
-    if _SCAN is None:
-        from .jsonscan import scan_piece
+    from .jsonscan import scan_piece
 
-        _SCAN = scan_piece
-    return _SCAN
-
-
-_SCAN = None
+    return scan_piece
 
 
 def _json_piece(piece: bytes, first_line: int, n_lines: int | None = None) -> Raw:

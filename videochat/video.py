@@ -190,8 +190,6 @@ def window_indices(frame_times: np.ndarray, start: float, end: float) -> list[in
 def subsample(clip: "Clip", num_frames: int, sampling: str = "middle", seed: int | None = None) -> "Clip":
     """Sample `num_frames` frames from a clip read with sampling `all`, in memory: the same frames, times
     and indices that `read_clip` returns for the window the clip was read with (same mode and seed)."""
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     times = sample_times(clip.start, clip.end, num_frames, sampling, np.random.default_rng(seed))
     timeline = clip.timeline or clip.timestamps
     local = frame_indices_at(np.asarray(timeline, dtype=np.float64), times)
